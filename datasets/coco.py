@@ -1,0 +1,206 @@
+"""COCO detection dataset in DETR's format, and DETR's augmentation recipe.
+
+Layout under ``--coco_path``::
+
+    train2017/*.jpg  val2017/*.jpg  annotations/instances_train2017.json  annotations/instances_val2017.json
+
+Each item is ``(image, target)``: image ``[3, H, W]`` float, ImageNet-normalised; target as described in
+``datasets.transforms`` (after ``Normalize``, boxes are relative cxcywh in [0, 1]).
+"""
+import contextlib
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import PIL.Image
+import torch
+import torchvision
+from pycocotools import mask as coco_mask
+
+import datasets.transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+COCO_SPLITS = {
+    "train": ("train2017", "instances_train2017.json"),
+    "val": ("val2017", "instances_val2017.json"),
+}
+
+
+def _read_annotation_json(ann_file: Path) -> dict:
+    try:
+        with open(ann_file) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"annotation file {ann_file} is not valid JSON: {e}") from e
+
+
+def infer_num_classes(ann_file: str | Path) -> int:
+    """DETR's ``num_classes`` for an annotation file: the largest category id + 1 (91 for COCO 2017).
+
+    Category ids index the classifier directly, so unused ids below the maximum still count.
+    """
+    data = _read_annotation_json(Path(ann_file))
+    ids = [c["id"] for c in data.get("categories", [])] + [a["category_id"] for a in data.get("annotations", [])]
+    if not ids:
+        raise ValueError(f"annotation file {ann_file} has no categories and no annotations to count classes from")
+    return max(ids) + 1
+
+
+def convert_coco_poly_to_mask(segmentations: list, height: int, width: int) -> torch.Tensor:
+    """COCO segmentations (polygon lists, uncompressed or compressed RLE) -> uint8 masks ``[N, height, width]``."""
+    masks = []
+    for segm in segmentations:
+        if isinstance(segm, dict) and isinstance(segm.get("counts"), (str, bytes)):
+            rles = segm  # already compressed RLE
+        else:
+            rles = coco_mask.frPyObjects(segm, height, width)
+        with warnings.catch_warnings():  # pycocotools' decode warns about numpy 2's copy keyword on every call
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
+            mask = coco_mask.decode(rles)
+        if mask.ndim < 3:
+            mask = mask[..., None]
+        masks.append(torch.as_tensor(mask, dtype=torch.uint8).any(dim=2))
+    if masks:
+        return torch.stack(masks, dim=0).to(torch.uint8)
+    return torch.zeros((0, height, width), dtype=torch.uint8)
+
+
+class ConvertCocoPolysToMask:
+    """COCO annotation list -> DETR target dict (see ``datasets.transforms`` for the keys).
+
+    Crowd objects are left out, boxes go from xywh to xyxy, are clipped to the image, and boxes with zero width or
+    height after clipping are dropped (with their label, area, iscrowd and mask). An image without objects gives
+    ``boxes`` ``[0, 4]``.
+    """
+
+    def __init__(self, return_masks: bool = False):
+        self.return_masks = return_masks
+
+    def __call__(self, image: PIL.Image.Image, target: dict) -> tuple[PIL.Image.Image, dict]:
+        w, h = image.size
+        anno = [obj for obj in target["annotations"] if obj.get("iscrowd", 0) == 0]
+
+        boxes = torch.as_tensor([obj["bbox"] for obj in anno], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        boxes[:, 0::2].clamp_(min=0, max=w)
+        boxes[:, 1::2].clamp_(min=0, max=h)
+        keep = (boxes[:, 3] > boxes[:, 1]) & (boxes[:, 2] > boxes[:, 0])
+
+        out = {
+            "boxes": boxes[keep],
+            "labels": torch.tensor([obj["category_id"] for obj in anno], dtype=torch.int64)[keep],
+            "image_id": torch.tensor([target["image_id"]]),
+            "area": torch.tensor([float(obj["area"]) for obj in anno], dtype=torch.float32)[keep],
+            "iscrowd": torch.tensor([obj.get("iscrowd", 0) for obj in anno], dtype=torch.int64)[keep],
+            "orig_size": torch.as_tensor([int(h), int(w)]),
+            "size": torch.as_tensor([int(h), int(w)]),
+        }
+        if self.return_masks:
+            out["masks"] = convert_coco_poly_to_mask([obj["segmentation"] for obj in anno], h, w)[keep]
+        return image, out
+
+
+class CocoDetection(torchvision.datasets.CocoDetection):
+    """torchvision's COCO dataset returning DETR targets, with errors that name the offending file.
+
+    ``num_classes`` (optional) is checked once here: every category id must be < num_classes.
+    """
+
+    def __init__(self, img_folder: str | Path, ann_file: str | Path, transforms: Optional[Callable],
+                 return_masks: bool, num_classes: Optional[int] = None):
+        img_folder, ann_file = Path(img_folder), Path(ann_file)
+        if not img_folder.is_dir():
+            raise FileNotFoundError(f"image folder {img_folder} not found (expected a directory of the images "
+                                    f"listed in {ann_file.name})")
+        if not ann_file.is_file():
+            raise FileNotFoundError(f"annotation file {ann_file} not found (expected a COCO instances JSON file)")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' "loading annotations..." chatter
+                super().__init__(str(img_folder), str(ann_file))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"annotation file {ann_file} is not valid JSON: {e}") from e
+        self.ann_file = ann_file
+        self._transforms = transforms
+        self.prepare = ConvertCocoPolysToMask(return_masks)
+        if num_classes is not None:
+            self._check_category_ids(num_classes)
+
+    def _check_category_ids(self, num_classes: int) -> None:
+        ids = set(self.coco.cats) | {a["category_id"] for a in self.coco.anns.values()}
+        too_big = sorted(i for i in ids if i >= num_classes)
+        if too_big:
+            raise ValueError(f"annotation file {self.ann_file} has category id {too_big[-1]} but --num_classes is "
+                             f"{num_classes}; category ids must be < --num_classes (use --num_classes "
+                             f"{too_big[-1] + 1} or more)")
+
+    def _load_image(self, id: int) -> PIL.Image.Image:
+        path = os.path.join(self.root, self.coco.loadImgs(id)[0]["file_name"])
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image file {path} (image id {id} in {self.ann_file}) not found")
+        try:
+            with PIL.Image.open(path) as img:
+                return img.convert("RGB")
+        except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
+            raise OSError(f"cannot read image file {path} (image id {id}): {e}") from e
+
+    def __getitem__(self, idx: int) -> tuple[Any, dict]:
+        image_id = self.ids[idx]
+        img = self._load_image(image_id)
+        img, target = self.prepare(img, {"image_id": image_id, "annotations": self._load_target(image_id)})
+        if self._transforms is not None:
+            img, target = self._transforms(img, target)
+        return img, target
+
+
+def _scaled(pixels: int, image_size: int) -> int:
+    return int(round(pixels * image_size / 800))
+
+
+def make_coco_transforms(image_set: str, image_size: int = 800, multiscale: bool = True) -> T.Compose:
+    """DETR's augmentation, with every pixel size scaled by ``image_size / 800`` (800 reproduces DETR exactly).
+
+    train: horizontal flip; then either a multi-scale resize (shorter side 480..800 step 32, longer <= 1333) or
+    resize to 400/500/600, random crop of 384..600, multi-scale resize. ``multiscale=False`` keeps only the flip
+    and a resize to ``image_size``. val: resize to ``image_size`` (longer <= 1333 scaled).
+    """
+    normalize = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    max_size = _scaled(1333, image_size)
+    if image_set == "train":
+        if not multiscale:
+            return T.Compose([T.RandomHorizontalFlip(), T.RandomResize([image_size], max_size=max_size), normalize])
+        scales = [_scaled(480 + 32 * i, image_size) for i in range(11)]
+        return T.Compose([
+            T.RandomHorizontalFlip(),
+            T.RandomSelect(
+                T.RandomResize(scales, max_size=max_size),
+                T.Compose([
+                    T.RandomResize([_scaled(s, image_size) for s in (400, 500, 600)]),
+                    T.RandomSizeCrop(_scaled(384, image_size), _scaled(600, image_size)),
+                    T.RandomResize(scales, max_size=max_size),
+                ]),
+            ),
+            normalize,
+        ])
+    if image_set == "val":
+        return T.Compose([T.RandomResize([image_size], max_size=max_size), normalize])
+    raise ValueError(f"unknown image_set {image_set!r}; expected 'train' or 'val'")
+
+
+def build(image_set: str, args) -> CocoDetection:
+    """COCO ``image_set`` ('train' or 'val') from ``args.coco_path``, ``args.masks``, ``args.num_classes`` (may be
+    None: no id check), ``args.image_size`` (default 800) and ``args.multiscale`` (default True)."""
+    root = Path(args.coco_path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--coco_path {root} is not a directory (expected train2017/, val2017/ and "
+                                f"annotations/instances_{{train,val}}2017.json under it)")
+    if image_set not in COCO_SPLITS:
+        raise ValueError(f"unknown image_set {image_set!r}; expected one of {sorted(COCO_SPLITS)}")
+    folder, ann_name = COCO_SPLITS[image_set]
+    transforms = make_coco_transforms(image_set, getattr(args, "image_size", 800), getattr(args, "multiscale", True))
+    return CocoDetection(root / folder, root / "annotations" / ann_name, transforms=transforms,
+                         return_masks=args.masks, num_classes=getattr(args, "num_classes", None))

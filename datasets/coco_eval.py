@@ -1,0 +1,156 @@
+"""COCO-style evaluation (pycocotools) of DETR predictions, usable across distributed processes.
+
+Usage, as in the official DETR's engine::
+
+    evaluator = CocoEvaluator(coco_gt, ["bbox"])
+    for ...: evaluator.update({image_id: {"scores": [K], "labels": [K], "boxes": [K, 4] abs xyxy px}, ...})
+    evaluator.synchronize_between_processes()
+    evaluator.accumulate()
+    evaluator.summarize()
+    evaluator.coco_eval["bbox"].stats  # the 12 standard numbers (AP, AP50, AP75, APs, APm, APl, AR1, AR10, ...)
+
+Unlike the official file, which re-implements pycocotools' per-image evaluation to gather its intermediate arrays,
+this gathers the COCO-format results themselves and runs pycocotools' ``evaluate`` once in ``accumulate``.
+"""
+import contextlib
+import copy
+import io
+from typing import Iterable
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from util.distributed import all_gather
+
+SUPPORTED_IOU_TYPES = ("bbox", "segm")
+
+
+def convert_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
+    """(x0, y0, x1, y1) -> COCO's (x, y, w, h), ``[N, 4]``."""
+    x0, y0, x1, y1 = boxes.unbind(1)
+    return torch.stack((x0, y0, x1 - x0, y1 - y0), dim=1)
+
+
+def _quiet():
+    """Swallow pycocotools' progress prints ("Loading and preparing results...", "DONE (t=0.01s)")."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+class CocoEvaluator:
+    """Collects predictions image by image and evaluates them against ``coco_gt`` for each of ``iou_types``.
+
+    ``coco_eval[iou_type]`` is a pycocotools ``COCOeval``; after ``accumulate`` it holds ``.eval`` and after
+    ``summarize`` ``.stats`` (12 floats, -1 where a number is undefined, e.g. no ground truth of that size).
+    An image is evaluated once even if several processes (or several ``update`` calls) saw it; the first
+    predictions received for it are kept.
+    """
+
+    def __init__(self, coco_gt: COCO, iou_types: Iterable[str]):
+        iou_types = list(iou_types)
+        unknown = [t for t in iou_types if t not in SUPPORTED_IOU_TYPES]
+        if unknown:
+            raise ValueError(f"unsupported iou types {unknown}; supported: {list(SUPPORTED_IOU_TYPES)}")
+        self.coco_gt = copy.deepcopy(coco_gt)
+        self.iou_types = iou_types
+        self.coco_eval = {t: COCOeval(self.coco_gt, iouType=t) for t in iou_types}
+        self.img_ids: list[int] = []
+        self._seen: set[int] = set()
+        # iou_type -> {image_id: [COCO result dicts]}
+        self.results: dict[str, dict[int, list]] = {t: {} for t in iou_types}
+
+    def update(self, predictions: dict) -> None:
+        """Add ``{image_id: {"scores": [K], "labels": [K], "boxes": [K, 4]}}`` for some images.
+
+        Boxes are absolute (x0, y0, x1, y1) in pixels of the original image; labels are category ids. For "segm",
+        each prediction also needs ``"masks"`` ``[K, 1, H, W]`` or ``[K, H, W]`` (probabilities or binary; > 0.5
+        counts as foreground) at the original image size. An image with K = 0 still counts as evaluated.
+        """
+        for image_id, prediction in predictions.items():
+            image_id = int(image_id)
+            if image_id not in self._seen:
+                self._seen.add(image_id)
+                self.img_ids.append(image_id)
+            for iou_type in self.iou_types:
+                if image_id in self.results[iou_type]:
+                    continue
+                if iou_type == "bbox":
+                    self.results[iou_type][image_id] = self._bbox_results(image_id, prediction)
+                else:
+                    self.results[iou_type][image_id] = self._segm_results(image_id, prediction)
+
+    @staticmethod
+    def _bbox_results(image_id: int, prediction: dict) -> list[dict]:
+        boxes = convert_to_xywh(torch.as_tensor(prediction["boxes"], dtype=torch.float64).reshape(-1, 4)).tolist()
+        scores = torch.as_tensor(prediction["scores"]).tolist()
+        labels = torch.as_tensor(prediction["labels"]).tolist()
+        return [{"image_id": image_id, "category_id": int(lab), "bbox": box, "score": float(s)}
+                for box, s, lab in zip(boxes, scores, labels)]
+
+    @staticmethod
+    def _segm_results(image_id: int, prediction: dict) -> list[dict]:
+        if "masks" not in prediction:
+            if len(prediction["scores"]) == 0:
+                return []
+            raise ValueError(f"'segm' evaluation needs 'masks' in the predictions (image {image_id} has keys "
+                             f"{sorted(prediction)})")
+        masks = torch.as_tensor(prediction["masks"])
+        if masks.ndim == 4:
+            masks = masks[:, 0]
+        masks = (masks > 0.5).cpu().numpy().astype(np.uint8)
+        scores = torch.as_tensor(prediction["scores"]).tolist()
+        labels = torch.as_tensor(prediction["labels"]).tolist()
+        results = []
+        for mask, s, lab in zip(masks, scores, labels):
+            rle = mask_util.encode(np.asfortranarray(mask))
+            rle["counts"] = rle["counts"].decode("utf-8")
+            results.append({"image_id": image_id, "category_id": int(lab), "segmentation": rle, "score": float(s)})
+        return results
+
+    def synchronize_between_processes(self) -> None:
+        """Merge image ids and results from every process (first occurrence of an image wins)."""
+        gathered_ids = all_gather(self.img_ids)
+        gathered_results = all_gather(self.results)
+        img_ids: list[int] = []
+        seen = set()
+        for ids in gathered_ids:
+            for i in ids:
+                if i not in seen:
+                    seen.add(i)
+                    img_ids.append(i)
+        merged = {t: {} for t in self.iou_types}
+        for rank_results in gathered_results:
+            for iou_type in self.iou_types:
+                for image_id, res in rank_results[iou_type].items():
+                    merged[iou_type].setdefault(image_id, res)
+        self.img_ids, self._seen, self.results = img_ids, seen, merged
+
+    def _results_coco(self, iou_type: str) -> COCO:
+        results = [copy.copy(r) for per_image in self.results[iou_type].values() for r in per_image]
+        with _quiet():
+            if results:
+                return self.coco_gt.loadRes(results)
+            # loadRes cannot take an empty list: build an empty detection set with the ground truth's images.
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": list(self.coco_gt.dataset.get("images", [])),
+                               "categories": copy.deepcopy(self.coco_gt.dataset.get("categories", [])),
+                               "annotations": []}
+            coco_dt.createIndex()
+            return coco_dt
+
+    def accumulate(self) -> None:
+        """Run pycocotools' evaluation over the images seen so far and accumulate precision/recall."""
+        for iou_type, coco_eval in self.coco_eval.items():
+            coco_eval.cocoDt = self._results_coco(iou_type)
+            coco_eval.params.imgIds = sorted(self.img_ids)
+            with _quiet():
+                coco_eval.evaluate()
+                coco_eval.accumulate()
+
+    def summarize(self) -> None:
+        """Print the 12 standard COCO numbers for each iou type; they are also left in ``coco_eval[t].stats``."""
+        for iou_type, coco_eval in self.coco_eval.items():
+            print(f"IoU metric: {iou_type}")
+            coco_eval.summarize()

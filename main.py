@@ -1,0 +1,312 @@
+"""Train and evaluate DETR: ``python main.py --coco_path DIR`` (see README for recipes).
+
+Flags keep the official DETR's names, meanings and defaults; ``--config FILE`` applies a flat YAML preset first.
+"""
+import argparse
+import datetime
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+import datasets
+from engine import NonFiniteLossError, evaluate, train_one_epoch
+from models import build_model
+from util.checkpoint import load_checkpoint, load_matching_state_dict, rng_state, save_checkpoint, set_rng_state
+from util.config import ConfigError, dump_config, parse_args_with_config
+from util.distributed import barrier, get_rank, init_distributed_mode, is_main_process
+from util.nested_tensor import collate_fn
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("Set transformer detector", add_help=False)
+    parser.add_argument("--config", type=str, default=None,
+                        help="flat YAML preset whose keys are flag names; explicit flags override it")
+    parser.add_argument("--lr", default=1e-4, type=float)
+    parser.add_argument("--lr_backbone", default=1e-5, type=float)
+    parser.add_argument("--batch_size", default=2, type=int)
+    parser.add_argument("--weight_decay", default=1e-4, type=float)
+    parser.add_argument("--epochs", default=300, type=int)
+    parser.add_argument("--lr_drop", default=200, type=int)
+    parser.add_argument("--clip_max_norm", default=0.1, type=float, help="gradient clipping max norm")
+
+    # Model parameters
+    parser.add_argument("--frozen_weights", type=str, default=None,
+                        help="Path to the pretrained model. If set, only the mask head will be trained")
+    parser.add_argument("--num_classes", type=int, default=None,
+                        help="largest class id + 1 (default: from the training annotation file, 91 for COCO)")
+    # * Backbone
+    parser.add_argument("--backbone", default="resnet50", type=str, help="resnet18, resnet34, resnet50 or resnet101")
+    parser.add_argument("--dilation", action="store_true",
+                        help="replace stride with dilation in the last convolutional block (DC5)")
+    parser.add_argument("--position_embedding", default="sine", type=str, choices=("sine", "learned"),
+                        help="type of positional embedding to use on top of the image features")
+    parser.add_argument("--no_pretrained_backbone", dest="pretrained_backbone", action="store_false",
+                        help="start the backbone from random weights instead of torchvision's ImageNet weights")
+    parser.add_argument("--backbone_norm", default="frozen_bn", choices=("frozen_bn", "bn"),
+                        help="frozen BatchNorm (DETR) or trainable BatchNorm (for a backbone trained from scratch)")
+    parser.add_argument("--backbone_trainable_layers", default=3, type=int, choices=range(6),
+                        help="how many ResNet stages, counted from layer4 down to the stem, are trained")
+    parser.add_argument("--feature_layer", default="layer4", choices=("layer3", "layer4"),
+                        help="backbone stage feeding the transformer: layer4 (stride 32, DETR) or layer3 (stride 16)")
+    # * Transformer
+    parser.add_argument("--enc_layers", default=6, type=int, help="number of encoding layers in the transformer")
+    parser.add_argument("--dec_layers", default=6, type=int, help="number of decoding layers in the transformer")
+    parser.add_argument("--dim_feedforward", default=2048, type=int,
+                        help="intermediate size of the feedforward layers in the transformer blocks")
+    parser.add_argument("--hidden_dim", default=256, type=int,
+                        help="size of the embeddings (dimension of the transformer)")
+    parser.add_argument("--dropout", default=0.1, type=float, help="dropout applied in the transformer")
+    parser.add_argument("--nheads", default=8, type=int, help="number of attention heads inside the attentions")
+    parser.add_argument("--num_queries", default=100, type=int, help="number of query slots")
+    parser.add_argument("--pre_norm", action="store_true")
+    parser.add_argument("--query_groups", default=1, type=int,
+                        help="train with this many one-to-one matched query groups (Group DETR); 1 = DETR")
+    # * Segmentation
+    parser.add_argument("--masks", action="store_true", help="train the segmentation head if the flag is provided")
+
+    # Loss
+    parser.add_argument("--no_aux_loss", dest="aux_loss", action="store_false",
+                        help="disables auxiliary decoding losses (loss at each layer)")
+    # * Matcher
+    parser.add_argument("--set_cost_class", default=1, type=float, help="class coefficient in the matching cost")
+    parser.add_argument("--set_cost_bbox", default=5, type=float, help="L1 box coefficient in the matching cost")
+    parser.add_argument("--set_cost_giou", default=2, type=float, help="giou box coefficient in the matching cost")
+    # * Loss coefficients
+    parser.add_argument("--mask_loss_coef", default=1, type=float)
+    parser.add_argument("--dice_loss_coef", default=1, type=float)
+    parser.add_argument("--bbox_loss_coef", default=5, type=float)
+    parser.add_argument("--giou_loss_coef", default=2, type=float)
+    parser.add_argument("--eos_coef", default=0.1, type=float,
+                        help="relative classification weight of the no-object class")
+
+    # dataset parameters
+    parser.add_argument("--dataset_file", default="coco")
+    parser.add_argument("--coco_path", type=str)
+    parser.add_argument("--coco_panoptic_path", type=str)
+    parser.add_argument("--remove_difficult", action="store_true")
+    parser.add_argument("--image_size", default=800, type=int,
+                        help="validation shorter side in pixels; DETR's training scales and crops scale with it")
+    parser.add_argument("--no_multiscale", dest="multiscale", action="store_false",
+                        help="train at --image_size with flips only (no multi-scale resize, no random crop)")
+
+    parser.add_argument("--output_dir", default="", help="path where to save, empty for no saving")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="device to use for training / testing")
+    parser.add_argument("--seed", default=42, type=int)
+    parser.add_argument("--resume", default="", help="resume from checkpoint (path or https URL)")
+    parser.add_argument("--finetune_from", default="",
+                        help="initialise from a checkpoint, skipping entries whose shapes differ")
+    parser.add_argument("--start_epoch", default=0, type=int, metavar="N", help="start epoch")
+    parser.add_argument("--eval", action="store_true")
+    parser.add_argument("--eval_every", default=1, type=int, help="evaluate every N epochs (and after the last)")
+    parser.add_argument("--num_workers", default=2, type=int)
+    parser.add_argument("--print_freq", default=10, type=int, help="iterations between progress lines")
+
+    # distributed training parameters
+    parser.add_argument("--world_size", default=1, type=int, help="number of distributed processes")
+    parser.add_argument("--dist_url", default="env://", help="url used to set up distributed training")
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.frozen_weights is not None and not args.masks:
+        raise ValueError("--frozen_weights is only for training the segmentation head: add --masks")
+    if args.resume and args.finetune_from:
+        raise ValueError("--resume and --finetune_from are exclusive: resume continues a run, finetune starts one")
+    for flag in ("batch_size", "epochs", "num_queries", "hidden_dim", "nheads", "eval_every", "print_freq"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.hidden_dim % args.nheads:
+        raise ValueError(f"--hidden_dim ({args.hidden_dim}) must be divisible by --nheads ({args.nheads})")
+
+
+def _num_classes_of(dataset) -> int:
+    return max(datasets.get_coco_api_from_dataset(dataset).getCatIds(), default=0) + 1
+
+
+def build_param_groups(model: torch.nn.Module, lr_backbone: float) -> list[dict]:
+    """Two AdamW groups decided by module identity: the backbone (``lr_backbone``) and everything else."""
+    backbone_ids = {id(p) for p in model.backbone.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in trainable if id(p) not in backbone_ids]},
+        {"params": [p for p in trainable if id(p) in backbone_ids], "lr": lr_backbone},
+    ]
+
+
+def _make_loaders(args, dataset_train, dataset_val):
+    sampler_val = DistributedSampler(dataset_val, shuffle=False) if args.distributed else SequentialSampler(dataset_val)
+    loader_val = DataLoader(dataset_val, args.batch_size, sampler=sampler_val, drop_last=False,
+                            collate_fn=collate_fn, num_workers=args.num_workers)
+    if dataset_train is None:
+        return None, None, loader_val
+    if args.distributed:
+        sampler_train = DistributedSampler(dataset_train, seed=args.seed)
+    else:
+        sampler_train = RandomSampler(dataset_train)
+    batch_sampler_train = BatchSampler(sampler_train, args.batch_size, drop_last=True)
+    if len(batch_sampler_train) == 0:
+        raise ValueError(f"--batch_size {args.batch_size} is larger than the training set per process "
+                         f"({len(dataset_train)} images / {args.world_size} processes)")
+    loader_train = DataLoader(dataset_train, batch_sampler=batch_sampler_train, collate_fn=collate_fn,
+                              num_workers=args.num_workers)
+    return loader_train, sampler_train, loader_val
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Train (or with ``--eval`` evaluate) as the flags say; returns the last evaluation's stats."""
+    _check_args(args)
+    init_distributed_mode(args)
+    print(f"git: {_git_sha()}", flush=True)
+    device = torch.device(args.device)
+
+    seed = args.seed + get_rank()
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+    dataset_val = datasets.build_dataset(image_set="val", args=args)
+    dataset_train = None if args.eval else datasets.build_dataset(image_set="train", args=args)
+    if args.num_classes is None:
+        args.num_classes = _num_classes_of(dataset_val if dataset_train is None else dataset_train)
+        print(f"num_classes inferred from the annotations: {args.num_classes}", flush=True)
+
+    model, criterion, postprocessors = build_model(args)
+    model.to(device)
+    model_without_ddp = model
+    if args.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if args.gpu is not None else None)
+        model_without_ddp = model.module
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print("number of params:", n_parameters, flush=True)
+
+    optimizer = torch.optim.AdamW(build_param_groups(model_without_ddp, args.lr_backbone), lr=args.lr,
+                                  weight_decay=args.weight_decay)
+    lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
+    data_loader_train, sampler_train, data_loader_val = _make_loaders(args, dataset_train, dataset_val)
+    base_ds = datasets.get_coco_api_from_dataset(dataset_val)
+
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if output_dir is not None and is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(get_args_parser(), args, output_dir / "config.yaml")
+
+    if args.frozen_weights is not None:
+        checkpoint = load_checkpoint(args.frozen_weights, flag="--frozen_weights")
+        model_without_ddp.detr.load_state_dict(checkpoint["model"])
+    if args.finetune_from:
+        checkpoint = load_checkpoint(args.finetune_from, flag="--finetune_from")
+        skipped, missing = load_matching_state_dict(model_without_ddp, checkpoint["model"])
+        print(f"--finetune_from {args.finetune_from}: skipped {len(skipped)} entries: {skipped}; "
+              f"left at initialisation: {missing}", flush=True)
+    if args.resume:
+        checkpoint = load_checkpoint(args.resume, flag="--resume")
+        model_without_ddp.load_state_dict(checkpoint["model"])
+        if not args.eval and all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+            args.start_epoch = checkpoint["epoch"] + 1
+            if "rng_state" in checkpoint and get_rank() < len(checkpoint["rng_state"]):
+                set_rng_state(checkpoint["rng_state"][get_rank()])
+            print(f"resumed from {args.resume} at epoch {args.start_epoch}", flush=True)
+
+    if args.eval:
+        test_stats, coco_evaluator = evaluate(model, criterion, postprocessors, data_loader_val, base_ds, device,
+                                              args.print_freq)
+        if output_dir is not None and is_main_process():
+            save_checkpoint(coco_evaluator.coco_eval["bbox"].eval, output_dir / "eval.pth")
+        _print_ap(test_stats, output_dir)
+        return test_stats
+
+    print("Start training", flush=True)
+    start_time = time.time()
+    test_stats = {}
+    for epoch in range(args.start_epoch, args.epochs):
+        if args.distributed:
+            sampler_train.set_epoch(epoch)
+        try:
+            train_stats = train_one_epoch(model, criterion, data_loader_train, optimizer, device, epoch,
+                                          args.clip_max_norm, args.print_freq)
+        except NonFiniteLossError as err:
+            kept = output_dir / "checkpoint.pth" if output_dir else "none (no --output_dir)"
+            raise SystemExit(f"Stopping: {err}. Last good checkpoint: {kept}") from err
+        lr_scheduler.step()
+        if output_dir is not None:
+            _save_training_state(output_dir, model_without_ddp, optimizer, lr_scheduler, epoch, args)
+
+        log_stats = {**{f"train_{k}": v for k, v in train_stats.items()}}
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            test_stats, coco_evaluator = evaluate(model, criterion, postprocessors, data_loader_val, base_ds,
+                                                  device, args.print_freq)
+            log_stats.update({f"test_{k}": v for k, v in test_stats.items()})
+            if output_dir is not None and is_main_process():
+                (output_dir / "eval").mkdir(exist_ok=True)
+                save_checkpoint(coco_evaluator.coco_eval["bbox"].eval, output_dir / "eval" / "latest.pth")
+        log_stats.update({"epoch": epoch, "n_parameters": n_parameters})
+        if output_dir is not None and is_main_process():
+            with (output_dir / "log.txt").open("a") as f:
+                f.write(json.dumps(log_stats) + "\n")
+
+    total_time = datetime.timedelta(seconds=int(time.time() - start_time))
+    print(f"Training time {total_time}", flush=True)
+    _print_ap(test_stats, output_dir)
+    return test_stats
+
+
+def _save_training_state(output_dir: Path, model, optimizer, lr_scheduler, epoch: int, args) -> None:
+    """checkpoint.pth every epoch (atomically), plus a kept copy before each lr drop and every 100 epochs."""
+    from util.distributed import all_gather
+
+    rng_states = all_gather(rng_state())
+    if not is_main_process():
+        return
+    paths = [output_dir / "checkpoint.pth"]
+    if (epoch + 1) % args.lr_drop == 0 or (epoch + 1) % 100 == 0:
+        paths.append(output_dir / f"checkpoint{epoch:04}.pth")
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch,
+             "args": {k: v for k, v in vars(args).items() if _plain(v)}, "rng_state": rng_states}
+    for path in paths:
+        save_checkpoint(state, path)
+    barrier()
+
+
+def _plain(v) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str)) or (
+        isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float, str)) for x in v))
+
+
+def _print_ap(stats: dict, output_dir: Path | None) -> None:
+    if not is_main_process() or "coco_eval_bbox" not in stats:
+        return
+    ap, ap50 = stats["coco_eval_bbox"][:2]
+    where = f"; outputs in {output_dir.resolve()}" if output_dir is not None else ""
+    print(f"bbox AP = {ap:.3f}, AP50 = {ap50:.3f}{where}", flush=True)
+
+
+def _git_sha() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip() or "unknown"
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser("DETR training and evaluation script", parents=[get_args_parser()])
+    try:
+        cli_args = parse_args_with_config(parser)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    try:
+        main(cli_args)
+    except (FileNotFoundError, ValueError, NotImplementedError) as exc:
+        sys.exit(f"error: {exc}")

@@ -1,0 +1,66 @@
+"""Bipartite matching between predictions and ground truth (the Hungarian algorithm, via scipy)."""
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+
+
+class HungarianMatcher(nn.Module):
+    """One-to-one assignment of targets to predictions minimising a weighted cost per image.
+
+    cost = cost_class * (-p(target class)) + cost_bbox * L1(cxcywh) + cost_giou * (-GIoU).
+    There are more predictions than targets; unmatched predictions are "no object".
+    """
+
+    def __init__(self, cost_class: float = 1, cost_bbox: float = 1, cost_giou: float = 1):
+        super().__init__()
+        if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
+            raise ValueError("HungarianMatcher: all costs are 0")
+        self.cost_class = cost_class
+        self.cost_bbox = cost_bbox
+        self.cost_giou = cost_giou
+
+    @torch.no_grad()
+    def cost_matrices(self, outputs: dict, targets: list[dict]) -> list[torch.Tensor]:
+        """Per-image cost matrices ``[Q, T_i]`` (on CPU)."""
+        bs, num_queries = outputs["pred_logits"].shape[:2]
+        out_prob = outputs["pred_logits"].flatten(0, 1).softmax(-1)  # [B*Q, K+1]
+        out_bbox = outputs["pred_boxes"].flatten(0, 1)  # [B*Q, 4]
+        tgt_ids = torch.cat([v["labels"] for v in targets])
+        tgt_bbox = torch.cat([v["boxes"] for v in targets]).to(out_bbox.dtype)
+
+        cost_class = -out_prob[:, tgt_ids]
+        cost_bbox = torch.cdist(out_bbox, tgt_bbox, p=1)
+        cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(out_bbox), box_cxcywh_to_xyxy(tgt_bbox))
+        cost = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
+        cost = cost.view(bs, num_queries, -1).float().cpu()
+        sizes = [len(v["boxes"]) for v in targets]
+        return [c[i] for i, c in enumerate(cost.split(sizes, -1))]
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, targets: list[dict], groups: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """outputs: ``pred_logits`` ``[B, Q, K+1]``, ``pred_boxes`` ``[B, Q, 4]`` (normalised cxcywh).
+        targets: per image ``labels`` ``[T_i]`` and ``boxes`` ``[T_i, 4]`` (normalised cxcywh).
+        groups: the Q queries form this many equal consecutive groups, each matched one-to-one on its own
+        (Group DETR); every target is then matched once per group.
+
+        Returns per image (index_i, index_j), int64 tensors: prediction index_i[k] is matched to target index_j[k].
+        """
+        num_queries = outputs["pred_logits"].shape[1]
+        if num_queries % groups:
+            raise ValueError(f"HungarianMatcher: {num_queries} queries do not split into {groups} groups")
+        size = num_queries // groups
+        result = []
+        for cost in self.cost_matrices(outputs, targets):
+            rows, cols = [], []
+            for g in range(groups):
+                i, j = linear_sum_assignment(cost[g * size:(g + 1) * size].numpy())
+                rows.append(torch.as_tensor(i, dtype=torch.int64) + g * size)
+                cols.append(torch.as_tensor(j, dtype=torch.int64))
+            result.append((torch.cat(rows), torch.cat(cols)))
+        return result
+
+
+def build_matcher(args) -> HungarianMatcher:
+    return HungarianMatcher(cost_class=args.set_cost_class, cost_bbox=args.set_cost_bbox, cost_giou=args.set_cost_giou)

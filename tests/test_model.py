@@ -1,0 +1,204 @@
+"""models.detr.DETR end to end on tiny models, hubconf's official architecture, freezing and parameter groups."""
+import pytest
+import torch
+
+from torch import nn
+
+import hubconf
+import main as detr_main
+from models.backbone import BackboneBase, Joiner
+from models.detr import DETR, build
+from models.position_encoding import PositionEmbeddingSine
+from models.transformer import Transformer
+from util.nested_tensor import nested_tensor_from_tensor_list
+
+NUM_CLASSES = 5
+
+
+def _tiny(tiny_args, *extra, seed=0):
+    torch.manual_seed(seed)
+    model, _, _ = build(tiny_args("unused", "--num_classes", str(NUM_CLASSES), *extra))
+    return model
+
+
+def test_output_shapes_for_images_of_different_sizes(tiny_args):
+    model = _tiny(tiny_args, "--dec_layers", "3").eval()
+    images = [torch.randn(3, 64, 48), torch.randn(3, 40, 96), torch.randn(3, 72, 72)]
+    with torch.no_grad():
+        out = model(images)
+    assert out["pred_logits"].shape == (3, 8, NUM_CLASSES + 1)
+    assert out["pred_boxes"].shape == (3, 8, 4)
+    assert (out["pred_boxes"] >= 0).all() and (out["pred_boxes"] <= 1).all()
+    assert len(out["aux_outputs"]) == 2
+    for aux in out["aux_outputs"]:
+        assert aux["pred_logits"].shape == (3, 8, NUM_CLASSES + 1) and aux["pred_boxes"].shape == (3, 8, 4)
+    assert "aux_outputs" not in _tiny(tiny_args, "--no_aux_loss").eval()(images)
+
+
+class _PatchNet(nn.Module):
+    """A ResNet-shaped stand-in (conv1, bn1, layer1..4) whose only layer is a 32x32 convolution of stride 32:
+    each feature cell sees exactly its own 32x32 block, so, for images whose sides are multiples of 32, the
+    valid cells do not depend on padding."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, channels, kernel_size=32, stride=32)
+        self.bn1 = nn.Identity()
+        self.layer1, self.layer2, self.layer3, self.layer4 = (nn.Identity() for _ in range(4))
+
+
+def test_prediction_does_not_depend_on_the_rest_of_the_batch():
+    # The real ResNet is not padding-invariant near the right/bottom border (nor is the official DETR's): an
+    # intermediate feature map just outside the valid area holds activations spilling over from the image in a
+    # padded batch, where an image alone sees the convolution's zero padding, and the next 3x3 convolution reads
+    # them. So the ResNet is replaced by a patch embedding that is invariant; everything DETR adds on top (mask
+    # resizing, positional encoding, masked attention in the transformer, heads) must then keep the invariance.
+    torch.manual_seed(0)
+    backbone = Joiner(BackboneBase(_PatchNet(16), trainable_layers=5, num_channels=16, return_interm_layers=False),
+                      PositionEmbeddingSine(16, normalize=True))
+    transformer = Transformer(d_model=32, nhead=2, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=64,
+                              dropout=0.0, return_intermediate_dec=True)
+    model = DETR(backbone, transformer, num_classes=NUM_CLASSES, num_queries=8, aux_loss=True).eval()
+    small = torch.randn(3, 64, 96)
+    with torch.no_grad():
+        alone = model([small])
+        batched = model([small, torch.randn(3, 128, 128) * 5])
+    assert torch.allclose(batched["pred_logits"][0], alone["pred_logits"][0], atol=1e-4)
+    assert torch.allclose(batched["pred_boxes"][0], alone["pred_boxes"][0], atol=1e-4)
+    for a, b in zip(alone["aux_outputs"], batched["aux_outputs"]):
+        assert torch.allclose(b["pred_boxes"][0], a["pred_boxes"][0], atol=1e-4)
+
+
+def test_transformer_ignores_padded_tokens():
+    # Same valid features and positions; the padded area holds arbitrary values in the batched call.
+    torch.manual_seed(0)
+    transformer = Transformer(d_model=16, nhead=2, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=32,
+                              dropout=0.0, return_intermediate_dec=True).eval()
+    queries = torch.randn(5, 16)
+    h, w, big_h, big_w = 3, 4, 5, 6
+    src, pos = torch.randn(1, 16, h, w), torch.randn(1, 16, h, w)
+    big_src, big_pos = torch.randn(2, 16, big_h, big_w) * 10, torch.randn(2, 16, big_h, big_w) * 10
+    big_src[0, :, :h, :w], big_pos[0, :, :h, :w] = src[0], pos[0]
+    mask = torch.zeros(2, big_h, big_w, dtype=torch.bool)
+    mask[0] = True
+    mask[0, :h, :w] = False
+    with torch.no_grad():
+        hs_alone, memory_alone = transformer(src, torch.zeros(1, h, w, dtype=torch.bool), queries, pos)
+        hs_batched, memory_batched = transformer(big_src, mask, queries, big_pos)
+    assert hs_alone.shape == (2, 1, 5, 16)
+    assert torch.allclose(hs_batched[:, 0], hs_alone[:, 0], atol=1e-5)
+    assert torch.allclose(memory_batched[0, :, :h, :w], memory_alone[0], atol=1e-5)
+
+
+def test_state_dict_round_trip(tiny_args):
+    source = _tiny(tiny_args, seed=0).eval()
+    target = _tiny(tiny_args, seed=1).eval()
+    images = [torch.randn(3, 64, 64)]
+    with torch.no_grad():
+        expected = source(images)
+        assert not torch.allclose(target(images)["pred_logits"], expected["pred_logits"])
+        target.load_state_dict(source.state_dict(), strict=True)
+        got = target(images)
+    assert torch.equal(got["pred_logits"], expected["pred_logits"])
+    assert torch.equal(got["pred_boxes"], expected["pred_boxes"])
+
+
+@pytest.fixture(scope="module")
+def detr_r50():
+    return hubconf.detr_resnet50(pretrained=False)
+
+
+def test_hub_r50_parameter_count_matches_official_log(detr_r50):
+    # "n_parameters": 41302368 in the official DETR R50 training logs (frozen BN, stem and layer1 frozen).
+    assert sum(p.numel() for p in detr_r50.parameters() if p.requires_grad) == 41_302_368
+
+
+def test_hub_r50_state_dict_keys_match_official_names(detr_r50):
+    sd = detr_r50.state_dict()
+    assert not [k for k in sd if "num_batches_tracked" in k]
+    for key in ("backbone.0.body.layer1.0.conv1.weight", "backbone.0.body.bn1.running_mean",
+                "transformer.decoder.norm.weight", "transformer.encoder.layers.5.self_attn.in_proj_weight",
+                "query_embed.weight", "bbox_embed.layers.2.bias", "input_proj.weight"):
+        assert key in sd, key
+    assert not [k for k in sd if k.startswith("backbone.0.body.fc")]
+    assert sd["class_embed.weight"].shape == (92, 256)
+    assert sd["query_embed.weight"].shape == (100, 256)
+    assert sd["bbox_embed.layers.2.bias"].shape == (4,)
+
+
+def test_hub_builds_without_network_and_returns_postprocessor():
+    model, postprocessor = hubconf.detr_resnet50_dc5(pretrained=False, num_classes=10, return_postprocessor=True)
+    body = model.backbone[0].body
+    # torchvision's DC5: layer4 keeps stride 1; its first block keeps dilation 1, the later ones use 2.
+    assert body.layer4[0].conv2.stride == (1, 1) and body.layer4[0].downsample[0].stride == (1, 1)
+    assert all(block.conv2.dilation == (2, 2) for block in body.layer4[1:])
+    assert body.layer3[1].conv2.dilation == (1, 1)
+    with torch.no_grad():
+        features, _ = model.backbone(nested_tensor_from_tensor_list([torch.zeros(3, 64, 64)]))
+    assert features[-1].tensors.shape[-2:] == (4, 4)  # stride 16 instead of 32
+    assert model.class_embed.out_features == 11
+    assert callable(postprocessor)
+    with pytest.raises(ValueError, match="91"):
+        hubconf.detr_resnet50(pretrained=True, num_classes=10)
+
+
+def _requires_grad(modules) -> set[bool]:
+    return {p.requires_grad for m in modules for p in m.parameters()}
+
+
+def test_backbone_trainable_layers_freezes_stem_and_layer1(tiny_args):
+    model = _tiny(tiny_args, "--backbone_trainable_layers", "3")
+    body = model.backbone[0].body
+    assert _requires_grad([body.conv1, body.bn1, body.layer1]) == {False}
+    assert _requires_grad([body.layer2, body.layer3, body.layer4]) == {True}
+    assert _requires_grad([model.transformer, model.class_embed, model.bbox_embed, model.input_proj]) == {True}
+
+
+def test_lr_backbone_zero_freezes_the_whole_backbone(tiny_args):
+    model = _tiny(tiny_args, "--lr_backbone", "0")
+    assert _requires_grad([model.backbone]) == {False}
+    assert _requires_grad([model.transformer, model.query_embed]) == {True}
+
+
+def test_build_param_groups_by_identity(tiny_args):
+    model = _tiny(tiny_args, "--backbone_trainable_layers", "3")
+    groups = detr_main.build_param_groups(model, lr_backbone=1e-5)
+    assert len(groups) == 2 and groups[1]["lr"] == 1e-5
+    backbone_trainable = [p for p in model.backbone.parameters() if p.requires_grad]
+    others = [p for name, m in model.named_children() if name != "backbone" for p in m.parameters()]
+    assert len(backbone_trainable) > 0
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in backbone_trainable}
+    assert len(groups[1]["params"]) == len(backbone_trainable)
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in others}
+    assert len(groups[0]["params"]) == len(others)
+
+
+def test_model_accepts_nested_tensor(tiny_args):
+    model = _tiny(tiny_args).eval()
+    images = [torch.randn(3, 64, 48), torch.randn(3, 48, 64)]
+    with torch.no_grad():
+        from_list = model(images)
+        from_nested = model(nested_tensor_from_tensor_list(images))
+    assert torch.equal(from_list["pred_logits"], from_nested["pred_logits"])
+
+
+def test_imagenet_weights_are_requested_only_when_training_starts_from_them(monkeypatch):
+    import torchvision
+
+    from models.backbone import build_backbone, wants_imagenet_weights
+
+    parse = detr_main.get_args_parser().parse_args
+    assert wants_imagenet_weights(parse([]))
+    for flags in (["--eval"], ["--resume", "x.pth"], ["--finetune_from", "x.pth"], ["--no_pretrained_backbone"]):
+        assert not wants_imagenet_weights(parse(flags)), flags
+
+    requested = []
+
+    def fake_download(self, *args, **kwargs):
+        requested.append(self.url)
+        raise RuntimeError("stop after recording the request")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", fake_download)
+    with pytest.raises(RuntimeError, match="stop after recording"):
+        build_backbone(parse(["--backbone", "resnet18", "--device", "cpu"]))
+    assert requested == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url]

@@ -1,0 +1,99 @@
+"""End-to-end training behaviour: learning, exact resume, non-finite loss, evaluation of a checkpoint."""
+import hashlib
+import json
+
+import pytest
+import torch
+
+import main as detr_main
+from datasets import build_dataset
+from engine import train_one_epoch
+from models import build_model
+from models.detr import SetCriterion
+from util.nested_tensor import collate_fn
+
+
+def _log(output_dir) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "log.txt").read_text().splitlines()]
+
+
+def test_loss_falls_when_fitting_a_few_images(tiny_coco, tiny_args):
+    torch.manual_seed(0)
+    args = tiny_args(tiny_coco)
+    args.num_classes = 12
+    model, criterion, _ = build_model(args)
+    dataset = build_dataset("train", args)
+    batch = collate_fn([dataset[i] for i in range(4)])
+    optimizer = torch.optim.AdamW(detr_main.build_param_groups(model, args.lr_backbone), lr=args.lr)
+    stats = [train_one_epoch(model, criterion, [batch], optimizer, torch.device("cpu"), epoch=i, max_norm=0.1,
+                             print_freq=1000)["loss"] for i in range(40)]
+    assert stats[-1] < 0.7 * stats[0], stats
+
+
+def test_training_writes_logs_and_checkpoint_and_eval_reproduces(tiny_coco, tiny_args, tmp_path):
+    out = tmp_path / "run"
+    stats = detr_main.main(tiny_args(tiny_coco, "--epochs", "2", "--output_dir", str(out)))
+    log = _log(out)
+    assert [e["epoch"] for e in log] == [0, 1]
+    assert {"train_loss", "train_loss_ce", "train_class_error", "test_coco_eval_bbox", "n_parameters"} <= set(log[-1])
+    assert len(log[-1]["test_coco_eval_bbox"]) == 12
+    assert (out / "config.yaml").is_file() and (out / "checkpoint.pth").is_file()
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert ckpt["epoch"] == 1 and isinstance(ckpt["args"], dict)
+    # Evaluating the checkpoint gives the numbers the training run printed for its last epoch.
+    evaluated = detr_main.main(tiny_args(tiny_coco, "--eval", "--resume", str(out / "checkpoint.pth")))
+    assert evaluated["coco_eval_bbox"] == pytest.approx(stats["coco_eval_bbox"])
+
+
+def test_resume_continues_exactly(tiny_coco, tiny_args, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    detr_main.main(tiny_args(tiny_coco, "--epochs", "3", "--eval_every", "5", "--output_dir", str(straight)))
+    detr_main.main(tiny_args(tiny_coco, "--epochs", "1", "--eval_every", "5", "--output_dir", str(split)))
+    detr_main.main(tiny_args(tiny_coco, "--epochs", "3", "--eval_every", "5", "--output_dir", str(split),
+                             "--resume", str(split / "checkpoint.pth")))
+    a, b = _log(straight), _log(split)
+    assert [e["epoch"] for e in b] == [0, 1, 2]
+    for ea, eb in zip(a, b):
+        assert eb["train_loss"] == pytest.approx(ea["train_loss"], rel=1e-6, abs=1e-7)
+        assert eb["train_loss_bbox"] == pytest.approx(ea["train_loss_bbox"], rel=1e-6, abs=1e-7)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_coco, tiny_args, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    detr_main.main(tiny_args(tiny_coco, "--epochs", "1", "--eval_every", "5", "--output_dir", str(out)))
+    digest = hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest()
+
+    calls = {"n": 0}
+    real_loss_boxes = SetCriterion.loss_boxes
+
+    def poisoned(self, *args, **kwargs):
+        calls["n"] += 1
+        losses = real_loss_boxes(self, *args, **kwargs)
+        if calls["n"] > 2 * 2:  # 2 decoder outputs (final + 1 aux) per iteration: poison iteration 2 on
+            losses["loss_bbox"] = losses["loss_bbox"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(SetCriterion, "loss_boxes", poisoned)
+    with pytest.raises(SystemExit) as excinfo:
+        detr_main.main(tiny_args(tiny_coco, "--epochs", "2", "--output_dir", str(out),
+                                 "--resume", str(out / "checkpoint.pth")))
+    message = str(excinfo.value)
+    assert "epoch 1, iteration 2" in message and "loss_bbox=nan" in message
+    assert hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest() == digest
+    assert [e["epoch"] for e in _log(out)] == [0]
+
+
+def test_finetune_from_skips_a_differently_sized_class_head(tiny_coco, tiny_args, tmp_path, capsys):
+    out = tmp_path / "run"
+    detr_main.main(tiny_args(tiny_coco, "--epochs", "1", "--eval_every", "5", "--output_dir", str(out)))
+    capsys.readouterr()
+    detr_main.main(tiny_args(tiny_coco, "--epochs", "1", "--eval_every", "5", "--num_classes", "20",
+                             "--finetune_from", str(out / "checkpoint.pth")))
+    printed = capsys.readouterr().out
+    assert "skipped 2 entries" in printed
+    assert "class_embed.weight (file (13, 32) vs model (21, 32))" in printed
+
+
+def test_category_id_above_num_classes_is_rejected(tiny_coco, tiny_args):
+    with pytest.raises(ValueError, match="--num_classes"):
+        detr_main.main(tiny_args(tiny_coco, "--epochs", "1", "--num_classes", "5"))

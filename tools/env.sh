@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment in .venv with the pinned requirements.
+# Usage: bash tools/env.sh [requirements file]; prints nothing when the environment is already up to date.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+req="${1:-requirements.txt}"
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "creating .venv with $($python --version)"
+  "$python" -m venv .venv
+fi
+stamp=".venv/.installed-$(cat "$req" requirements.txt | sha256sum | cut -c1-16)-$(basename "$req")"
+if [ ! -f "$stamp" ]; then
+  echo "installing $req into .venv"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req"
+  touch "$stamp"
+fi

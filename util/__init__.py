@@ -1,0 +1,1 @@
+"""Small single-purpose helpers: boxes, nested tensors, distributed set-up, checkpoints, configs, logging."""

@@ -1,0 +1,98 @@
+"""Checkpoint files: atomic saving, safe loading (``weights_only=True``), partial loading for fine-tuning.
+
+The official DETR checkpoints pickle an ``argparse.Namespace`` under ``args``; that one type is allowlisted.
+Our own checkpoints store ``args`` as a plain dict.
+"""
+import argparse
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, then rename.
+
+    A crash while writing leaves any earlier file at ``path`` intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+
+
+def load_checkpoint(path_or_url: str, flag: str = "--resume", map_location="cpu") -> dict:
+    """Load a checkpoint from a local path or an https URL (downloaded into torch.hub's cache).
+
+    Only tensors, plain containers and ``argparse.Namespace`` are unpickled. ``flag`` names the command-line
+    option the path came from, for error messages.
+    """
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        if path_or_url.startswith(("https://", "http://")):
+            return torch.hub.load_state_dict_from_url(path_or_url, map_location=map_location, check_hash=True,
+                                                      weights_only=True)
+        path = Path(path_or_url)
+        if not path.is_file():
+            raise FileNotFoundError(f"{flag}: checkpoint file {path} does not exist")
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # torch raises several types for corrupt or unsafe files
+            raise RuntimeError(f"{flag}: cannot load checkpoint {path}: {exc}") from exc
+
+
+def load_matching_state_dict(model: nn.Module, state_dict: dict) -> tuple[list[str], list[str]]:
+    """Load the entries of ``state_dict`` whose name and shape match ``model``; the rest keep their values.
+
+    Returns (skipped: names present in both whose shapes differ, or unknown to the model; missing: model
+    entries absent from the file).
+    """
+    own = model.state_dict()
+    usable = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(
+        f"{k} (file {tuple(v.shape)} vs model {tuple(own[k].shape)})" if k in own else f"{k} (not in model)"
+        for k, v in state_dict.items() if k not in usable)
+    missing = sorted(k for k in own if k not in state_dict)
+    model.load_state_dict(usable, strict=False)
+    return skipped, missing
+
+
+def rng_state() -> dict:
+    """The RNG states of python, numpy and torch (CPU and CUDA), as tensors so they load with weights_only."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(_as_tuple(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

@@ -1,0 +1,89 @@
+"""Flat YAML presets for the command line: keys are flag names (``lr``, ``hidden_dim`` ...).
+
+Precedence: parser default < preset file < flag given on the command line. An unknown key or a value the flag
+would reject is an error naming the file and the key.
+"""
+import argparse
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A preset file that cannot be applied."""
+
+
+def _actions_by_dest(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest != argparse.SUPPRESS and a.dest != "help"}
+
+
+def _check_scalar(action: argparse.Action, value, where: str):
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"{where}: expected a single value, got {value!r}")
+    if action.type is not None and value is not None:
+        if isinstance(value, bool) and action.type is not bool:
+            raise ConfigError(f"{where}: expected {action.type.__name__}, got a boolean {value!r}")
+        try:
+            value = action.type(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: bad value {value!r} ({exc})") from exc
+    if action.choices is not None and value not in action.choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {list(action.choices)}")
+    return value
+
+
+def _check_value(action: argparse.Action, value, where: str):
+    """Convert ``value`` as the command line would, or raise ConfigError."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        # store_false flags (--no_aux_loss) keep the positive meaning in the file: `aux_loss: false`.
+        return value
+    if action.nargs in ("+", "*") or isinstance(action.nargs, int):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if action.nargs == "+" and not value:
+            raise ConfigError(f"{where}: expected a non-empty list")
+        return [_check_scalar(action, v, where) for v in value]
+    return _check_scalar(action, value, where)
+
+
+def load_preset(parser: argparse.ArgumentParser, path: str | Path) -> dict:
+    """Read and validate a preset; returns {dest: value}."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: preset file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of flag names to values, got {type(data).__name__}")
+    actions = _actions_by_dest(parser)
+    values = {}
+    for key, value in data.items():
+        if key == "config" or key not in actions:
+            raise ConfigError(f"{path}: unknown key {key!r} (keys are flag names without dashes)")
+        values[key] = _check_value(actions[key], value, f"{path}: key {key!r}")
+    return values
+
+
+def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` applying ``--config FILE`` (if any) between the parser's defaults and explicit flags."""
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        parser.set_defaults(**load_preset(parser, args.config))
+        args = parser.parse_args(argv)
+    return args
+
+
+def dump_config(parser: argparse.ArgumentParser, args: argparse.Namespace, path: str | Path) -> None:
+    """Write the resolved flags as a flat YAML preset, loadable again with ``--config``."""
+    flags = _actions_by_dest(parser)
+    values = {k: getattr(args, k) for k in sorted(flags) if k != "config" and _yaml_friendly(getattr(args, k))}
+    Path(path).write_text(yaml.safe_dump(values, sort_keys=True))
+
+
+def _yaml_friendly(v) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str)) or (
+        isinstance(v, list) and all(isinstance(x, (bool, int, float, str)) for x in v))

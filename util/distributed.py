@@ -1,0 +1,125 @@
+"""torch.distributed set-up (torchrun or SLURM variables) and small collective helpers.
+
+All helpers work unchanged in a single process without a process group.
+"""
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist_avail_and_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist_avail_and_initialized() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist_avail_and_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def all_gather(data) -> list:
+    """Gather any picklable object from every process; returns the list ordered by rank."""
+    if get_world_size() == 1:
+        return [data]
+    output = [None] * get_world_size()
+    dist.all_gather_object(output, data)
+    return output
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over processes (a copy; the input is left alone)."""
+    tensor = tensor.detach().clone()
+    if get_world_size() > 1:
+        dist.all_reduce(tensor)
+        tensor /= get_world_size()
+    return tensor
+
+
+def reduce_dict(input_dict: dict, average: bool = True) -> dict:
+    """Sum (or mean) each scalar tensor of a dict over processes; keys must match across processes."""
+    world_size = get_world_size()
+    if world_size < 2:
+        return input_dict
+    with torch.no_grad():
+        names = sorted(input_dict.keys())
+        values = torch.stack([input_dict[k] for k in names])
+        dist.all_reduce(values)
+        if average:
+            values /= world_size
+        return dict(zip(names, values))
+
+
+def barrier() -> None:
+    if is_dist_avail_and_initialized():
+        dist.barrier()
+
+
+@dataclass
+class DistEnv:
+    """Where this process sits: global rank, world size, rank on its node."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def _first_slurm_host() -> str:
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if not nodelist:
+        return "127.0.0.1"
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+        return out.stdout.split()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return nodelist.split(",")[0]
+
+
+def detect_dist_env() -> DistEnv | None:
+    """Read the launcher's variables: torchrun's (RANK/WORLD_SIZE/LOCAL_RANK) first, then SLURM's.
+
+    For SLURM the master address defaults to the job's first host and the port to one derived from the job id,
+    unless MASTER_ADDR/MASTER_PORT are already set. Returns None for a plain single process.
+    """
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        env.setdefault("MASTER_ADDR", _first_slurm_host())
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
+    return None
+
+
+def init_distributed_mode(args) -> None:
+    """Start the process group when launched by torchrun or SLURM; sets ``args.distributed``, ``args.rank``,
+    ``args.world_size``, ``args.gpu`` and ``args.dist_backend`` (NCCL on CUDA, gloo otherwise)."""
+    found = detect_dist_env()
+    if found is None:
+        args.distributed = False
+        args.rank, args.world_size, args.gpu = 0, 1, None
+        return
+    args.distributed = True
+    args.rank, args.world_size = found.rank, found.world_size
+    use_cuda = str(args.device).startswith("cuda") and torch.cuda.is_available()
+    if use_cuda:
+        args.gpu = found.local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(args.gpu)
+        args.device = f"cuda:{args.gpu}"
+    else:
+        args.gpu = None
+    args.dist_backend = "nccl" if use_cuda else "gloo"
+    print(f"| distributed init (rank {args.rank}/{args.world_size}, {args.dist_backend}) on {socket.gethostname()}: "
+          f"{args.dist_url}", flush=True)
+    dist.init_process_group(backend=args.dist_backend, init_method=args.dist_url,
+                            world_size=args.world_size, rank=args.rank)
+    dist.barrier()
