@@ -17,9 +17,10 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 import datasets
 from engine import NonFiniteLossError, evaluate, train_one_epoch
 from models import build_model
-from util.checkpoint import load_checkpoint, load_matching_state_dict, rng_state, save_checkpoint, set_rng_state
+from util.checkpoint import (load_checkpoint, load_matching_state_dict, preserved_rng_state, rng_state,
+                             save_checkpoint, set_rng_state)
 from util.config import ConfigError, dump_config, parse_args_with_config
-from util.distributed import barrier, get_rank, init_distributed_mode, is_main_process
+from util.distributed import all_gather, barrier, get_rank, init_distributed_mode, is_main_process
 from util.nested_tensor import collate_fn
 
 
@@ -242,8 +243,11 @@ def main(args: argparse.Namespace) -> dict:
 
         log_stats = {**{f"train_{k}": v for k, v in train_stats.items()}}
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            test_stats, coco_evaluator = evaluate(model, criterion, postprocessors, data_loader_val, base_ds,
-                                                  device, args.print_freq)
+            # Evaluation leaves the RNGs as it found them (its loader and transforms draw from them), so a run
+            # resumed from this epoch's checkpoint trains exactly as the uninterrupted one.
+            with preserved_rng_state():
+                test_stats, coco_evaluator = evaluate(model, criterion, postprocessors, data_loader_val, base_ds,
+                                                      device, args.print_freq)
             log_stats.update({f"test_{k}": v for k, v in test_stats.items()})
             if output_dir is not None and is_main_process():
                 (output_dir / "eval").mkdir(exist_ok=True)
@@ -260,20 +264,20 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def _save_training_state(output_dir: Path, model, optimizer, lr_scheduler, epoch: int, args) -> None:
-    """checkpoint.pth every epoch (atomically), plus a kept copy before each lr drop and every 100 epochs."""
-    from util.distributed import all_gather
+    """checkpoint.pth every epoch (atomically), plus a kept copy before each lr drop and every 100 epochs.
 
+    Every process takes part (its RNG states are gathered); only the main process writes.
+    """
     rng_states = all_gather(rng_state())
-    if not is_main_process():
-        return
-    paths = [output_dir / "checkpoint.pth"]
-    if (epoch + 1) % args.lr_drop == 0 or (epoch + 1) % 100 == 0:
-        paths.append(output_dir / f"checkpoint{epoch:04}.pth")
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch,
-             "args": {k: v for k, v in vars(args).items() if _plain(v)}, "rng_state": rng_states}
-    for path in paths:
-        save_checkpoint(state, path)
+    if is_main_process():
+        paths = [output_dir / "checkpoint.pth"]
+        if (epoch + 1) % args.lr_drop == 0 or (epoch + 1) % 100 == 0:
+            paths.append(output_dir / f"checkpoint{epoch:04}.pth")
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch,
+                 "args": {k: v for k, v in vars(args).items() if _plain(v)}, "rng_state": rng_states}
+        for path in paths:
+            save_checkpoint(state, path)
     barrier()
 
 

@@ -19,7 +19,8 @@ class FixedMatcher(nn.Module):
         self.indices = [(torch.tensor(i, dtype=torch.int64), torch.tensor(j, dtype=torch.int64)) for i, j in indices]
         self.calls = 0
 
-    def forward(self, outputs, targets):
+    def forward(self, outputs, targets, groups=1):
+        assert groups == 1
         self.calls += 1
         return self.indices
 

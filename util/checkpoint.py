@@ -4,6 +4,7 @@ The official DETR checkpoints pickle an ``argparse.Namespace`` under ``args``; t
 Our own checkpoints store ``args`` as a plain dict.
 """
 import argparse
+import contextlib
 import os
 import random
 import tempfile
@@ -92,6 +93,16 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_rng_state():
+    """Run a block without moving this process's python, numpy and torch RNGs."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
 
 
 def _as_tuple(x):

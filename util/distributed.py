@@ -3,6 +3,7 @@
 All helpers work unchanged in a single process without a process group.
 """
 import os
+import re
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -73,6 +74,15 @@ class DistEnv:
     local_rank: int
 
 
+def first_host(nodelist: str) -> str:
+    """First host of a SLURM node list such as ``gpu[07-09,12],cpu1`` (-> ``gpu07``), without scontrol."""
+    match = re.match(r"([^\[,]+)(?:\[([^\]]+)\])?", nodelist)
+    if match is None:
+        raise ValueError(f"cannot read the SLURM node list {nodelist!r}")
+    prefix, ranges = match.groups()
+    return prefix if ranges is None else prefix + re.split(r"[-,]", ranges)[0]
+
+
 def _first_slurm_host() -> str:
     nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
     if not nodelist:
@@ -81,7 +91,7 @@ def _first_slurm_host() -> str:
         out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
         return out.stdout.split()[0]
     except (OSError, subprocess.CalledProcessError, IndexError):
-        return nodelist.split(",")[0]
+        return first_host(nodelist)
 
 
 def detect_dist_env() -> DistEnv | None:
