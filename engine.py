@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from datasets.coco_eval import CocoEvaluator
-from util.distributed import reduce_dict
+from util.distributed import broadcast_object, is_main_process, reduce_dict
 from util.metric_logger import MetricLogger, SmoothedValue
 
 PROGRESS_METERS = ("lr", "loss", "loss_ce", "loss_bbox", "loss_giou", "class_error")
@@ -71,7 +71,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
              device: torch.device, print_freq: int = 10) -> tuple[dict, CocoEvaluator]:
     """Loss and COCO evaluation over ``data_loader`` (gathered across processes).
 
-    Returns (averaged stats with ``coco_eval_bbox``: the 12 COCO numbers, the CocoEvaluator).
+    Returns (averaged stats with ``coco_eval_bbox``: the 12 COCO numbers, the CocoEvaluator, whose COCOeval
+    has run on the main process only).
     """
     model.eval()
     criterion.eval()
@@ -94,11 +95,13 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
     metric_logger.synchronize_between_processes()
     print("Averaged stats:", metric_logger, flush=True)
     coco_evaluator.synchronize_between_processes()
-    num_detections = sum(len(r) for r in coco_evaluator.results[iou_types[-1]].values())
-    print(f"COCO evaluation of {len(coco_evaluator.img_ids)} images, {num_detections} detections", flush=True)
-    coco_evaluator.accumulate()
-    coco_evaluator.summarize()
+    coco_stats = None
+    if is_main_process():  # every process holds all detections now; one COCOeval is enough
+        num_detections = sum(len(r) for r in coco_evaluator.results[iou_types[-1]].values())
+        print(f"COCO evaluation of {len(coco_evaluator.img_ids)} images, {num_detections} detections", flush=True)
+        coco_evaluator.accumulate()
+        coco_evaluator.summarize()
+        coco_stats = {f"coco_eval_{t}": coco_evaluator.coco_eval[t].stats.tolist() for t in iou_types}
     stats = {k: meter.global_avg for k, meter in metric_logger.meters.items()}
-    for iou_type in iou_types:
-        stats[f"coco_eval_{iou_type}"] = coco_evaluator.coco_eval[iou_type].stats.tolist()
+    stats.update(broadcast_object(coco_stats))
     return stats, coco_evaluator

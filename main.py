@@ -120,15 +120,16 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--frozen_weights is only for training the segmentation head: add --masks")
     if args.resume and args.finetune_from:
         raise ValueError("--resume and --finetune_from are exclusive: resume continues a run, finetune starts one")
-    for flag in ("batch_size", "epochs", "num_queries", "hidden_dim", "nheads", "eval_every", "print_freq"):
+    if not args.coco_path:
+        raise ValueError("--coco_path is required: a folder with train2017/, val2017/ and annotations/")
+    if args.num_workers < 0:
+        raise ValueError(f"--num_workers must be 0 or more, got {args.num_workers}")
+    for flag in ("batch_size", "epochs", "lr_drop", "num_queries", "hidden_dim", "nheads", "eval_every",
+                 "print_freq"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if args.hidden_dim % args.nheads:
         raise ValueError(f"--hidden_dim ({args.hidden_dim}) must be divisible by --nheads ({args.nheads})")
-
-
-def _num_classes_of(dataset) -> int:
-    return max(datasets.get_coco_api_from_dataset(dataset).getCatIds(), default=0) + 1
 
 
 def build_param_groups(model: torch.nn.Module, lr_backbone: float) -> list[dict]:
@@ -148,7 +149,7 @@ def _make_loaders(args, dataset_train, dataset_val):
     if dataset_train is None:
         return None, None, loader_val
     if args.distributed:
-        sampler_train = DistributedSampler(dataset_train, seed=args.seed)
+        sampler_train = DistributedSampler(dataset_train)
     else:
         sampler_train = RandomSampler(dataset_train)
     batch_sampler_train = BatchSampler(sampler_train, args.batch_size, drop_last=True)
@@ -175,7 +176,7 @@ def main(args: argparse.Namespace) -> dict:
     dataset_val = datasets.build_dataset(image_set="val", args=args)
     dataset_train = None if args.eval else datasets.build_dataset(image_set="train", args=args)
     if args.num_classes is None:
-        args.num_classes = _num_classes_of(dataset_val if dataset_train is None else dataset_train)
+        args.num_classes = (dataset_val if dataset_train is None else dataset_train).num_classes()
         print(f"num_classes inferred from the annotations: {args.num_classes}", flush=True)
 
     model, criterion, postprocessors = build_model(args)
@@ -198,17 +199,18 @@ def main(args: argparse.Namespace) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
         dump_config(get_args_parser(), args, output_dir / "config.yaml")
 
-    if args.frozen_weights is not None:
-        checkpoint = load_checkpoint(args.frozen_weights, flag="--frozen_weights")
-        model_without_ddp.detr.load_state_dict(checkpoint["model"])
     if args.finetune_from:
         checkpoint = load_checkpoint(args.finetune_from, flag="--finetune_from")
-        skipped, missing = load_matching_state_dict(model_without_ddp, checkpoint["model"])
+        skipped, missing = load_matching_state_dict(model_without_ddp, _model_state(checkpoint, "--finetune_from"))
         print(f"--finetune_from {args.finetune_from}: skipped {len(skipped)} entries: {skipped}; "
               f"left at initialisation: {missing}", flush=True)
     if args.resume:
         checkpoint = load_checkpoint(args.resume, flag="--resume")
-        model_without_ddp.load_state_dict(checkpoint["model"])
+        try:
+            model_without_ddp.load_state_dict(_model_state(checkpoint, "--resume"))
+        except RuntimeError as exc:
+            raise ValueError(f"--resume {args.resume} does not fit the model built from these flags "
+                             f"(backbone, hidden_dim, layers, num_queries, num_classes ...): {exc}") from exc
         if not args.eval and all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
             optimizer.load_state_dict(checkpoint["optimizer"])
             lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
@@ -251,7 +253,9 @@ def main(args: argparse.Namespace) -> dict:
             log_stats.update({f"test_{k}": v for k, v in test_stats.items()})
             if output_dir is not None and is_main_process():
                 (output_dir / "eval").mkdir(exist_ok=True)
-                save_checkpoint(coco_evaluator.coco_eval["bbox"].eval, output_dir / "eval" / "latest.pth")
+                names = ["latest.pth"] + ([f"{epoch:03}.pth"] if epoch % 50 == 0 else [])
+                for name in names:
+                    save_checkpoint(coco_evaluator.coco_eval["bbox"].eval, output_dir / "eval" / name)
         log_stats.update({"epoch": epoch, "n_parameters": n_parameters})
         if output_dir is not None and is_main_process():
             with (output_dir / "log.txt").open("a") as f:
@@ -261,6 +265,12 @@ def main(args: argparse.Namespace) -> dict:
     print(f"Training time {total_time}", flush=True)
     _print_ap(test_stats, output_dir)
     return test_stats
+
+
+def _model_state(checkpoint: dict, flag: str) -> dict:
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise ValueError(f"{flag}: the file has no 'model' entry (keys: {sorted(checkpoint)[:10]})")
+    return checkpoint["model"]
 
 
 def _save_training_state(output_dir: Path, model, optimizer, lr_scheduler, epoch: int, args) -> None:

@@ -130,8 +130,15 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         if num_classes is not None:
             self._check_category_ids(num_classes)
 
+    def num_classes(self) -> int:
+        """Largest category id in the categories and annotations + 1 (91 for COCO 2017)."""
+        return max(self._category_ids(), default=0) + 1
+
+    def _category_ids(self) -> set[int]:
+        return set(self.coco.cats) | {a["category_id"] for a in self.coco.anns.values()}
+
     def _check_category_ids(self, num_classes: int) -> None:
-        ids = set(self.coco.cats) | {a["category_id"] for a in self.coco.anns.values()}
+        ids = self._category_ids()
         too_big = sorted(i for i in ids if i >= num_classes)
         if too_big:
             raise ValueError(f"annotation file {self.ann_file} has category id {too_big[-1]} but --num_classes is "

@@ -83,7 +83,7 @@ class CocoEvaluator:
 
     @staticmethod
     def _bbox_results(image_id: int, prediction: dict) -> list[dict]:
-        boxes = convert_to_xywh(torch.as_tensor(prediction["boxes"], dtype=torch.float64).reshape(-1, 4)).tolist()
+        boxes = convert_to_xywh(torch.as_tensor(prediction["boxes"]).reshape(-1, 4)).tolist()
         scores = torch.as_tensor(prediction["scores"]).tolist()
         labels = torch.as_tensor(prediction["labels"]).tolist()
         return [{"image_id": image_id, "category_id": int(lab), "bbox": box, "score": float(s)}

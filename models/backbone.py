@@ -18,9 +18,10 @@ NORM_LAYERS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
 __all__ = ["Backbone", "BackboneBase", "FrozenBatchNorm2d", "Joiner", "build_backbone"]
 
 
-def _stages(body: nn.Module) -> list[list[nn.Module]]:
-    """ResNet stages from the input side: stem (conv1 + bn1), layer1 ... layer4."""
-    return [[body.conv1, body.bn1], [body.layer1], [body.layer2], [body.layer3], [body.layer4]]
+def _stages(body: nn.Module, last_layer: str) -> list[list[nn.Module]]:
+    """ResNet stages from the input side up to ``last_layer``: stem (conv1 + bn1), layer1, ..."""
+    stages = [[body.conv1, body.bn1], [body.layer1], [body.layer2], [body.layer3], [body.layer4]]
+    return stages[: 1 + int(last_layer[-1])]
 
 
 class BackboneBase(nn.Module):
@@ -36,17 +37,20 @@ class BackboneBase(nn.Module):
     def __init__(self, backbone: nn.Module, trainable_layers: int, num_channels: int, return_interm_layers: bool,
                  last_layer: str = "layer4"):
         super().__init__()
-        if not 0 <= trainable_layers <= 5:
-            raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
-        stages = _stages(backbone)
+        if last_layer not in ("layer3", "layer4"):
+            raise ValueError(f"--feature_layer must be layer3 or layer4, got {last_layer!r}")
+        stages = _stages(backbone, last_layer)
+        if not 0 <= trainable_layers <= len(stages):
+            raise ValueError(f"--backbone_trainable_layers must be in 0..{len(stages)} with {last_layer} features, "
+                             f"got {trainable_layers}")
         for param in backbone.parameters():
             param.requires_grad_(False)
         for stage in stages[len(stages) - trainable_layers:]:
             for module in stage:
                 for param in module.parameters():
                     param.requires_grad_(True)
-        if last_layer not in ("layer3", "layer4"):
-            raise ValueError(f"--feature_layer must be layer3 or layer4, got {last_layer!r}")
+        # Frozen stages keep their normalisation statistics too (matters only for trainable BatchNorm).
+        self._frozen = [m for stage in stages[: len(stages) - trainable_layers] for m in stage]
         if return_interm_layers:
             if last_layer != "layer4":
                 raise ValueError("--masks needs --feature_layer layer4")
@@ -55,6 +59,12 @@ class BackboneBase(nn.Module):
             return_layers = {last_layer: "0"}
         self.body = IntermediateLayerGetter(backbone, return_layers=return_layers)
         self.num_channels = num_channels
+
+    def train(self, mode: bool = True) -> "BackboneBase":
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
 
     def forward(self, tensor_list: NestedTensor) -> dict[str, NestedTensor]:
         xs = self.body(tensor_list.tensors)
@@ -80,6 +90,8 @@ class Backbone(BackboneBase):
             raise ValueError(f"--backbone must be one of {RESNETS}, got {name!r}")
         if norm not in NORM_LAYERS:
             raise ValueError(f"--backbone_norm must be one of {tuple(NORM_LAYERS)}, got {norm!r}")
+        if dilation and last_layer != "layer4":
+            raise ValueError("--dilation dilates layer4, which --feature_layer layer3 does not compute")
         if dilation and name in ("resnet18", "resnet34"):
             raise ValueError(f"--dilation needs a bottleneck ResNet (resnet50/101); {name} has basic blocks")
         weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1 if pretrained else None

@@ -3,9 +3,8 @@ the detector, its set-prediction loss and the post-processing to COCO boxes."""
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import generalized_box_iou_loss
 
-from util.box_ops import box_cxcywh_to_xyxy
+from util.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
 from util.distributed import get_world_size, is_dist_avail_and_initialized
 from util.nested_tensor import NestedTensor, nested_tensor_from_tensor_list
 
@@ -121,8 +120,7 @@ class SetCriterion(nn.Module):
         src_boxes = outputs["pred_boxes"][idx]
         target_boxes = torch.cat([t["boxes"][i] for t, (_, i) in zip(targets, indices)], dim=0)
         loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="none")
-        loss_giou = generalized_box_iou_loss(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes),
-                                             reduction="none")
+        loss_giou = 1 - paired_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes))
         return {"loss_bbox": loss_bbox.sum() / num_boxes, "loss_giou": loss_giou.sum() / num_boxes}
 
     def _get_src_permutation_idx(self, indices) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from util.box_ops import box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou, masks_to_boxes
+from util.box_ops import (box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou, masks_to_boxes,
+                          paired_generalized_box_iou)
 
 finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False)
 positive = st.floats(min_value=0.0, max_value=1e3, allow_nan=False, allow_infinity=False)
@@ -125,3 +126,22 @@ def test_masks_to_boxes_hand_made_mask():
 def test_masks_to_boxes_empty_input():
     boxes = masks_to_boxes(torch.zeros(0, 5, 5, dtype=torch.bool))
     assert boxes.shape == (0, 4)
+
+
+@given(st.lists(st.tuples(*[st.floats(0, 1)] * 4), min_size=1, max_size=6),
+       st.lists(st.tuples(*[st.floats(0, 1)] * 4), min_size=1, max_size=6))
+def test_paired_giou_is_the_diagonal_of_the_pairwise_giou(a, b):
+    def to_boxes(values):
+        t = torch.tensor(values[: min(len(a), len(b))], dtype=torch.float64)
+        lo, hi = torch.minimum(t[:, :2], t[:, 2:]), torch.maximum(t[:, :2], t[:, 2:]) + 0.01
+        return torch.cat([lo, hi], dim=1)
+
+    b1, b2 = to_boxes(a), to_boxes(b)
+    expected = torch.diagonal(generalized_box_iou(b1, b2))
+    assert torch.allclose(paired_generalized_box_iou(b1, b2), expected, atol=1e-12)
+
+
+def test_giou_names_non_finite_boxes():
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    with pytest.raises(ValueError, match="non-finite"):
+        generalized_box_iou(boxes * float("nan"), boxes)

@@ -202,3 +202,32 @@ def test_imagenet_weights_are_requested_only_when_training_starts_from_them(monk
     with pytest.raises(RuntimeError, match="stop after recording"):
         build_backbone(parse(["--backbone", "resnet18", "--device", "cpu"]))
     assert requested == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url]
+
+
+def test_frozen_stages_keep_batchnorm_statistics_in_training():
+    from models.backbone import Backbone
+
+    backbone = Backbone("resnet18", trainable_layers=3, return_interm_layers=False, dilation=False, norm="bn")
+    backbone.train()
+    body = backbone.body
+    assert not body.bn1.training and not body.layer1[0].bn1.training  # stem and layer1 are frozen
+    assert body.layer2[0].bn1.training and body.layer4[1].bn2.training
+    before = body.layer1[0].bn1.running_mean.clone()
+    backbone(nested_tensor_from_tensor_list([torch.rand(3, 64, 64), torch.rand(3, 64, 64)]))
+    assert torch.equal(body.layer1[0].bn1.running_mean, before)
+    assert not torch.equal(body.layer2[0].bn1.running_mean, torch.zeros_like(body.layer2[0].bn1.running_mean))
+
+
+def test_layer3_features_count_trainable_stages_from_layer3():
+    from models.backbone import Backbone
+
+    backbone = Backbone("resnet18", trainable_layers=1, return_interm_layers=False, dilation=False,
+                        last_layer="layer3")
+    assert backbone.num_channels == 256
+    assert all(p.requires_grad for p in backbone.body.layer3.parameters())
+    assert not any(p.requires_grad for p in backbone.body.layer2.parameters())
+    assert "layer4" not in dict(backbone.body.named_children())
+    with pytest.raises(ValueError, match="--backbone_trainable_layers"):
+        Backbone("resnet18", trainable_layers=5, return_interm_layers=False, dilation=False, last_layer="layer3")
+    with pytest.raises(ValueError, match="--dilation"):
+        Backbone("resnet50", trainable_layers=3, return_interm_layers=False, dilation=True, last_layer="layer3")

@@ -98,3 +98,16 @@ def test_finetune_from_skips_a_differently_sized_class_head(tiny_coco, tiny_args
 def test_category_id_above_num_classes_is_rejected(tiny_coco, tiny_args):
     with pytest.raises(ValueError, match="--num_classes"):
         detr_main.main(tiny_args(tiny_coco, "--epochs", "1", "--num_classes", "5"))
+
+
+def test_missing_coco_path_is_named():
+    args = detr_main.get_args_parser().parse_args(["--device", "cpu"])
+    with pytest.raises(ValueError, match="--coco_path"):
+        detr_main.main(args)
+
+
+def test_resume_into_a_different_model_names_the_flag(tiny_coco, tiny_args, tmp_path):
+    out = tmp_path / "run"
+    detr_main.main(tiny_args(tiny_coco, "--epochs", "1", "--eval_every", "5", "--output_dir", str(out)))
+    with pytest.raises(ValueError, match="--resume .* does not fit the model"):
+        detr_main.main(tiny_args(tiny_coco, "--eval", "--hidden_dim", "64", "--resume", str(out / "checkpoint.pth")))

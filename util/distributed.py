@@ -37,13 +37,13 @@ def all_gather(data) -> list:
     return output
 
 
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean of a tensor over processes (a copy; the input is left alone)."""
-    tensor = tensor.detach().clone()
-    if get_world_size() > 1:
-        dist.all_reduce(tensor)
-        tensor /= get_world_size()
-    return tensor
+def broadcast_object(obj, src: int = 0):
+    """``obj`` as held by process ``src``, on every process."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def reduce_dict(input_dict: dict, average: bool = True) -> dict:

@@ -27,7 +27,8 @@ class SmoothedValue:
         """Sum count and total over processes (the window stays local)."""
         if not is_dist_avail_and_initialized():
             return
-        t = torch.tensor([self.count, self.total], dtype=torch.float64)
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor([self.count, self.total], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         self.count, self.total = int(t[0].item()), t[1].item()
 
