@@ -227,6 +227,11 @@ def main(args: argparse.Namespace) -> dict:
         _print_ap(test_stats, output_dir)
         return test_stats
 
+    if args.distributed:
+        sampler_train.set_epoch(args.start_epoch)
+        shard = list(sampler_train)
+        print(f"data: rank {args.rank} of {args.world_size} trains on {len(shard)} of {len(dataset_train)} images "
+              f"per epoch; epoch {args.start_epoch} starts with images {shard[:8]}", flush=True)
     print("Start training", flush=True)
     start_time = time.time()
     test_stats = {}

@@ -116,13 +116,14 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser("DETR benchmark", parents=[detr_main.get_args_parser(), bench])
     args = parse_args_with_config(parser, rest + [f"--iters={known.iters}", f"--warmup={known.warmup}"])
     result = measure(args, known.iters, known.warmup)
-    row = {"date": datetime.date.today().isoformat(), "preset": args.config or "(flags)", "device": args.device,
+    flags = " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--record")
+    row = {"date": datetime.date.today().isoformat(), "flags": flags, "device": args.device,
            "hardware": hardware(torch.device(args.device)), "torch": torch.__version__,
            "batch": args.batch_size, "image": args.image_size, **{k: round(v, 2) for k, v in result.items()}}
     print(json.dumps(row))
     if known.record:
         with RESULTS.open("a") as f:
-            f.write("| {date} | {preset} | {hardware} | {torch} | {batch} | {image} | {train_it_per_s} | "
+            f.write("| {date} | `{flags}` | {hardware} | {torch} | {batch} | {image} | {train_it_per_s} | "
                     "{train_img_per_s} | {infer_img_per_s} | {peak_mem_mib} |\n".format(**row))
     return row
 
