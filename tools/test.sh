@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create the environment if needed, then run the whole test suite (about 5 minutes on 2 CPU cores).
+# Create the environment if needed, then run the whole test suite (about 2 minutes on 2 CPU cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/env.sh requirements-dev.txt
