@@ -17,8 +17,15 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 import datasets
 from engine import NonFiniteLossError, evaluate, train_one_epoch
 from models import build_model
-from util.checkpoint import (load_checkpoint, load_matching_state_dict, preserved_rng_state, rng_state,
-                             save_checkpoint, set_rng_state)
+from models.backbone_attention import MaskedAttention
+from util.checkpoint import (
+    load_checkpoint,
+    load_matching_state_dict,
+    preserved_rng_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from util.config import ConfigError, dump_config, parse_args_with_config
 from util.distributed import all_gather, barrier, get_rank, init_distributed_mode, is_main_process
 from util.nested_tensor import collate_fn
@@ -53,6 +60,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="frozen BatchNorm (DETR) or trainable BatchNorm (for a backbone trained from scratch)")
     parser.add_argument("--backbone_trainable_layers", default=3, type=int, choices=range(6),
                         help="how many ResNet stages, counted from layer4 down to the stem, are trained")
+    parser.add_argument("--backbone_attn", default="none",
+                        help="attention block added to the backbone: none, gc, ca, se, eca, cbam, nl, cc, da")
+    parser.add_argument("--attn_stages", default=None, type=int, nargs="+",
+                        help="ResNet stages (1-4 = layer1-layer4) that get blocks (default: 2..last for blocks "
+                             "inside residual blocks, the last stage for stage-output blocks)")
+    parser.add_argument("--attn_position", default=None, choices=("block", "stage"),
+                        help="inside every residual block, or once on each stage's output (default: the block's)")
+    parser.add_argument("--lr_attn", default=1e-4, type=float, help="learning rate of the backbone attention blocks")
     parser.add_argument("--feature_layer", default="layer4", choices=("layer3", "layer4"),
                         help="backbone stage feeding the transformer: layer4 (stride 32, DETR) or layer3 (stride 16)")
     # * Transformer
@@ -132,14 +147,23 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--hidden_dim ({args.hidden_dim}) must be divisible by --nheads ({args.nheads})")
 
 
-def build_param_groups(model: torch.nn.Module, lr_backbone: float) -> list[dict]:
-    """Two AdamW groups decided by module identity: the backbone (``lr_backbone``) and everything else."""
-    backbone_ids = {id(p) for p in model.backbone.parameters()}
+def build_param_groups(model: torch.nn.Module, lr_backbone: float, lr_attn: float | None = None) -> list[dict]:
+    """AdamW groups decided by module identity, never by parameter name: everything outside the backbone
+    (default lr), the backbone (``lr_backbone``), and when present the backbone attention blocks (``lr_attn``),
+    whose scales, norms and biases (parameters with at most one dimension) get no weight decay."""
+    attn_params = [p for m in model.modules() if isinstance(m, MaskedAttention) for p in m.parameters()]
+    attn_ids = {id(p) for p in attn_params}
+    backbone_ids = {id(p) for p in model.backbone.parameters()} - attn_ids
     trainable = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in trainable if id(p) not in backbone_ids]},
+    groups = [
+        {"params": [p for p in trainable if id(p) not in backbone_ids and id(p) not in attn_ids]},
         {"params": [p for p in trainable if id(p) in backbone_ids], "lr": lr_backbone},
     ]
+    if attn_params:
+        lr_attn = lr_backbone if lr_attn is None else lr_attn
+        groups += [{"params": [p for p in attn_params if p.ndim > 1], "lr": lr_attn},
+                   {"params": [p for p in attn_params if p.ndim <= 1], "lr": lr_attn, "weight_decay": 0.0}]
+    return groups
 
 
 def _make_loaders(args, dataset_train, dataset_val):
@@ -183,12 +207,13 @@ def main(args: argparse.Namespace) -> dict:
     model.to(device)
     model_without_ddp = model
     if args.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if args.gpu is not None else None)
+        device_ids = [args.gpu] if args.gpu is not None else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         model_without_ddp = model.module
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print("number of params:", n_parameters, flush=True)
 
-    optimizer = torch.optim.AdamW(build_param_groups(model_without_ddp, args.lr_backbone), lr=args.lr,
+    optimizer = torch.optim.AdamW(build_param_groups(model_without_ddp, args.lr_backbone, args.lr_attn), lr=args.lr,
                                   weight_decay=args.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
     data_loader_train, sampler_train, data_loader_val = _make_loaders(args, dataset_train, dataset_val)

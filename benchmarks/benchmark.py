@@ -53,7 +53,7 @@ def measure(args, iters: int, warmup: int) -> dict:
         args.num_classes = 91
     model, criterion, postprocessors = build_model(args)
     model.to(device)
-    optimizer = torch.optim.AdamW(detr_main.build_param_groups(model, args.lr_backbone), lr=args.lr,
+    optimizer = torch.optim.AdamW(detr_main.build_param_groups(model, args.lr_backbone, args.lr_attn), lr=args.lr,
                                   weight_decay=args.weight_decay)
     gen = torch.Generator().manual_seed(0)
     samples, targets = random_batch(args.batch_size, args.image_size, args.num_classes, device, gen)

@@ -9,6 +9,7 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
+from models.backbone_attention import AttentionPlan, MaskedAttention, make_plan
 from models.position_encoding import build_position_encoding
 from util.nested_tensor import NestedTensor
 
@@ -30,12 +31,15 @@ class BackboneBase(nn.Module):
     ``last_layer`` is the stage whose output feeds the transformer: ``layer4`` (stride 32, DETR) or ``layer3``
     (stride 16: four times as many tokens for small images, and the last stage is not computed).
 
+    ``attention`` places backbone attention blocks (see models/backbone_attention.py); they are trainable even
+    inside frozen stages, and identities at initialisation.
+
     ``forward`` takes a NestedTensor of images ``[B, 3, H, W]`` and returns an ordered dict name -> NestedTensor
     of features ``[B, C, H/s, W/s]`` with the padding mask resized to each feature map.
     """
 
     def __init__(self, backbone: nn.Module, trainable_layers: int, num_channels: int, return_interm_layers: bool,
-                 last_layer: str = "layer4"):
+                 last_layer: str = "layer4", attention: AttentionPlan | None = None):
         super().__init__()
         if last_layer not in ("layer3", "layer4"):
             raise ValueError(f"--feature_layer must be layer3 or layer4, got {last_layer!r}")
@@ -59,6 +63,7 @@ class BackboneBase(nn.Module):
             return_layers = {last_layer: "0"}
         self.body = IntermediateLayerGetter(backbone, return_layers=return_layers)
         self.num_channels = num_channels
+        self.attn = MaskedAttention(self.body, attention) if attention is not None else None
 
     def train(self, mode: bool = True) -> "BackboneBase":
         super().train(mode)
@@ -67,8 +72,15 @@ class BackboneBase(nn.Module):
         return self
 
     def forward(self, tensor_list: NestedTensor) -> dict[str, NestedTensor]:
-        xs = self.body(tensor_list.tensors)
         mask = tensor_list.mask
+        if self.attn is None:
+            xs = self.body(tensor_list.tensors)
+        else:
+            self.attn.set_mask(mask)
+            try:
+                xs = self.body(tensor_list.tensors)
+            finally:
+                self.attn.set_mask(None)
         out = {}
         for name, x in xs.items():
             feat_mask = F.interpolate(mask[None].float(), size=x.shape[-2:]).to(torch.bool)[0]
@@ -85,7 +97,8 @@ class Backbone(BackboneBase):
     """
 
     def __init__(self, name: str, trainable_layers: int, return_interm_layers: bool, dilation: bool,
-                 pretrained: bool = False, norm: str = "frozen_bn", last_layer: str = "layer4"):
+                 pretrained: bool = False, norm: str = "frozen_bn", last_layer: str = "layer4",
+                 attention: AttentionPlan | None = None):
         if name not in RESNETS:
             raise ValueError(f"--backbone must be one of {RESNETS}, got {name!r}")
         if norm not in NORM_LAYERS:
@@ -98,7 +111,7 @@ class Backbone(BackboneBase):
         backbone = getattr(torchvision.models, name)(
             weights=weights, replace_stride_with_dilation=[False, False, dilation], norm_layer=NORM_LAYERS[norm])
         num_channels = backbone.fc.in_features if last_layer == "layer4" else backbone.fc.in_features // 2
-        super().__init__(backbone, trainable_layers, num_channels, return_interm_layers, last_layer)
+        super().__init__(backbone, trainable_layers, num_channels, return_interm_layers, last_layer, attention)
 
 
 class Joiner(nn.Sequential):
@@ -126,7 +139,8 @@ def wants_imagenet_weights(args) -> bool:
 def build_backbone(args) -> Joiner:
     position_embedding = build_position_encoding(args)
     trainable_layers = args.backbone_trainable_layers if args.lr_backbone > 0 else 0
+    attention = make_plan(args.backbone_attn, args.attn_stages, args.attn_position, int(args.feature_layer[-1]))
     backbone = Backbone(args.backbone, trainable_layers, return_interm_layers=args.masks, dilation=args.dilation,
                         pretrained=wants_imagenet_weights(args), norm=args.backbone_norm,
-                        last_layer=args.feature_layer)
+                        last_layer=args.feature_layer, attention=attention)
     return Joiner(backbone, position_embedding)

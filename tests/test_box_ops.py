@@ -4,8 +4,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from util.box_ops import (box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou, masks_to_boxes,
-                          paired_generalized_box_iou)
+from util.box_ops import (
+    box_cxcywh_to_xyxy,
+    box_iou,
+    box_xyxy_to_cxcywh,
+    generalized_box_iou,
+    masks_to_boxes,
+    paired_generalized_box_iou,
+)
 
 finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False)
 positive = st.floats(min_value=0.0, max_value=1e3, allow_nan=False, allow_infinity=False)

@@ -1,7 +1,6 @@
 """models.detr.DETR end to end on tiny models, hubconf's official architecture, freezing and parameter groups."""
 import pytest
 import torch
-
 from torch import nn
 
 import hubconf

@@ -34,6 +34,8 @@ def _check_scalar(action: argparse.Action, value, where: str):
 
 def _check_value(action: argparse.Action, value, where: str):
     """Convert ``value`` as the command line would, or raise ConfigError."""
+    if value is None and action.default is None:
+        return None  # "not set", as the flag's own default
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")

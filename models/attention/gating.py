@@ -1,0 +1,37 @@
+"""Zero-initialised gating, shared by the gate blocks (SE, ECA, CA, CBAM) so that they start as identities."""
+import torch
+from torch import nn
+
+from models.attention.base import AttentionBlock, zero_scalar
+
+
+class ZeroInitGate(AttentionBlock):
+    """``y = x + gamma * (attn(x, mask) - x)`` with a learnable scalar ``gamma`` starting at 0.
+
+    ``attn`` is the paper's module: ``attn(x, mask) -> gate(x) * x`` ``[B, C, H, W]``. At ``gamma = 0`` the block is
+    exactly the identity (a pretrained backbone is unchanged); at ``gamma = 1`` it is exactly the paper's block.
+    Subclasses only build ``attn``.
+    """
+
+    positions = ("block", "stage")
+    default_position = "block"
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        self.attn = attn
+        self.gamma = zero_scalar()
+
+    def reset_parameters(self) -> None:
+        self.attn.reset_parameters()
+        nn.init.zeros_(self.gamma)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x ``[B, C, H, W]``, mask ``[B, H, W]`` (True on padding) or None -> ``[B, C, H, W]``."""
+        return x + self.gamma * (self.attn(x, mask) - x)
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                       query: tuple[int, int] = (0, 0)) -> dict[str, torch.Tensor]:
+        """The paper module's maps (see :meth:`AttentionBlock.attention_maps`), if it draws any."""
+        maps = getattr(self.attn, "attention_maps", None)
+        return maps(x, mask) if maps is not None else {}

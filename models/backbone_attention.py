@@ -1,0 +1,100 @@
+"""Placing attention blocks (models/attention) into a torchvision ResNet without renaming any of its parameters.
+
+Blocks live in one ``nn.ModuleDict`` beside the network (checkpoint keys ``backbone.0.attn.<place>.*``) and act
+through forward hooks, so an official DETR checkpoint loads with only the block parameters missing:
+
+- position ``block``: inside every residual block of the chosen stages, on the output of its last normalisation
+  (``bn2`` of a BasicBlock, ``bn3`` of a Bottleneck), before the residual addition; places ``layer2_0``, ...
+- position ``stage``: once on the output of each chosen stage; places ``layer4``, ...
+
+Stages are numbered as torchvision's ``layer1..layer4`` (the papers' c2..c5). Each block receives the padding mask
+downsampled to its feature map, so padded pixels never enter its pooling or attention.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.attention import ATTENTION, build_attention, default_position, supported_positions
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """Which block goes where: ``name`` from the registry, ``stages`` among 1..4, ``position`` block or stage."""
+
+    name: str
+    stages: tuple[int, ...]
+    position: str
+
+
+def make_plan(name: str | None, stages: list[int] | None, position: str | None, last_stage: int
+              ) -> AttentionPlan | None:
+    """Validate the flags and fill defaults: block position on stages 2..last, stage position on the last stage."""
+    if name in (None, "", "none"):
+        return None
+    if name not in ATTENTION:
+        raise ValueError(f"--backbone_attn must be one of {sorted(ATTENTION)} or none, got {name!r}")
+    position = position or default_position(name)
+    if position not in supported_positions(name):
+        raise ValueError(f"--attn_position {position} is not supported by {name!r} "
+                         f"(supported: {', '.join(supported_positions(name))})")
+    if not stages:
+        stages = list(range(2, last_stage + 1)) if position == "block" else [last_stage]
+    bad = [s for s in stages if not 1 <= s <= last_stage]
+    if bad:
+        raise ValueError(f"--attn_stages {bad} out of range: the backbone computes stages 1..{last_stage}")
+    return AttentionPlan(name, tuple(sorted(set(stages))), position)
+
+
+def _last_norm(block: nn.Module) -> nn.Module:
+    return block.bn3 if hasattr(block, "bn3") else block.bn2
+
+
+def _stage_channels(stage: nn.Sequential) -> int:
+    return _last_norm(stage[-1]).weight.shape[0]
+
+
+class AttentionHook:
+    """Forward hook replacing a module's output by ``blocks[place](output, mask at the output's size)``."""
+
+    def __init__(self, host: "MaskedAttention", place: str):
+        self.host, self.place = host, place
+
+    def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        return self.host.blocks[self.place](output, self.host.mask_at(output.shape[-2:]))
+
+
+class MaskedAttention(nn.Module):
+    """The blocks of a plan, hooked into ``body``; call :meth:`set_mask` before each forward of ``body``."""
+
+    def __init__(self, body: nn.Module, plan: AttentionPlan, **block_kwargs):
+        super().__init__()
+        self.plan = plan
+        self.blocks = nn.ModuleDict()
+        self._mask: torch.Tensor | None = None
+        self._resized: dict[tuple[int, int], torch.Tensor] = {}
+        for s in plan.stages:
+            stage = getattr(body, f"layer{s}")
+            if plan.position == "block":
+                for i, block in enumerate(stage):
+                    norm = _last_norm(block)
+                    self._add(f"layer{s}_{i}", norm, norm.weight.shape[0], block_kwargs)
+            else:
+                self._add(f"layer{s}", stage, _stage_channels(stage), block_kwargs)
+
+    def _add(self, place: str, host_module: nn.Module, channels: int, block_kwargs: dict) -> None:
+        self.blocks[place] = build_attention(self.plan.name, channels, **block_kwargs)
+        host_module.register_forward_hook(AttentionHook(self, place))
+
+    def set_mask(self, mask: torch.Tensor | None) -> None:
+        """mask ``[B, H, W]`` at image resolution, True on padding."""
+        self._mask, self._resized = mask, {}
+
+    def mask_at(self, size: torch.Size) -> torch.Tensor | None:
+        if self._mask is None:
+            return None
+        key = tuple(size)
+        if key not in self._resized:
+            self._resized[key] = F.interpolate(self._mask[None].float(), size=key).to(torch.bool)[0]
+        return self._resized[key]

@@ -1,0 +1,151 @@
+"""Pictures of what DETR and its backbone attention blocks look at, for one image.
+
+Usage: python tools/visualize_attention.py --config configs/demo_cpu_gc.yaml --resume outputs/x/checkpoint.pth \\
+           --image data/synthetic/val2017/000002001.jpg --out outputs/vis [--pixel 0.5 0.5] [--threshold 0.7]
+
+Writes to --out:
+- ``detections.png``: the image with the predicted boxes (score >= --threshold);
+- ``decoder_attention.png``: for each of those boxes, the last decoder layer's cross-attention over the encoder
+  tokens (averaged over heads), next to the box;
+- ``attn_<place>.png`` for every backbone attention block: the maps the block computes (GC's attention pooling
+  weights, CA's height and width gates, CBAM's spatial gate, NL/CC/DA attention of the pixel at --pixel), drawn
+  over the image.
+Blocks expose their maps through ``attention_maps(x, mask, query)``; see models/attention.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import main as detr_main  # noqa: E402
+from datasets.coco import make_coco_transforms  # noqa: E402
+from models import build_model  # noqa: E402
+from util.checkpoint import load_checkpoint  # noqa: E402
+from util.config import parse_args_with_config  # noqa: E402
+from util.nested_tensor import nested_tensor_from_tensor_list  # noqa: E402
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("DETR attention pictures", parents=[detr_main.get_args_parser()])
+    parser.add_argument("--image", required=True, help="image file")
+    parser.add_argument("--out", default="outputs/vis", help="folder for the PNGs")
+    parser.add_argument("--pixel", type=float, nargs=2, default=(0.5, 0.5), metavar=("Y", "X"),
+                        help="query pixel for NL/CC/DA maps, as fractions of height and width")
+    parser.add_argument("--threshold", type=float, default=0.7, help="score threshold for drawn detections")
+    return parser
+
+
+def collect(model: torch.nn.Module, image: torch.Tensor, pixel: tuple[float, float]) -> dict:
+    """Run the model on one normalised image ``[3, H, W]``; return outputs, decoder attention ``[Q, h, w]`` and the
+    blocks' maps {place: {name: [h', w']}}."""
+    captured = {"block_inputs": {}}
+    handles = []
+    attn = getattr(model.backbone[0], "attn", None)
+    if attn is not None:
+        for place, block in attn.blocks.items():
+            handles.append(block.register_forward_pre_hook(
+                lambda module, args, place=place: captured["block_inputs"].__setitem__(place, args)))
+    layer = model.transformer.decoder.layers[-1].multihead_attn
+    handles.append(layer.register_forward_hook(lambda m, i, o: captured.__setitem__("cross", o[1])))
+    handles.append(model.backbone.register_forward_hook(
+        lambda m, i, o: captured.__setitem__("feature_size", o[0][-1].tensors.shape[-2:])))
+    try:
+        model.eval()
+        with torch.no_grad():
+            outputs = model(nested_tensor_from_tensor_list([image]))
+            maps = {}
+            for place, (x, mask) in captured["block_inputs"].items():
+                query = (min(int(pixel[0] * x.shape[-2]), x.shape[-2] - 1),
+                         min(int(pixel[1] * x.shape[-1]), x.shape[-1] - 1))
+                maps[place] = {k: v[0] for k, v in attn.blocks[place].attention_maps(x, mask, query).items()}
+    finally:
+        for h in handles:
+            h.remove()
+    h, w = captured["feature_size"]
+    return {"outputs": outputs, "cross": captured["cross"][0].reshape(-1, h, w), "block_maps": maps}
+
+
+def draw(image: Image.Image, found: dict, threshold: float, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    probs = found["outputs"]["pred_logits"][0].softmax(-1)[:, :-1]
+    scores, labels = probs.max(-1)
+    keep = (scores >= threshold).nonzero().flatten().tolist()
+    boxes = found["outputs"]["pred_boxes"][0]
+    width, height = image.size
+    written = []
+
+    def add_box(ax, q):
+        cx, cy, bw, bh = (boxes[q] * torch.tensor([width, height, width, height])).tolist()
+        ax.add_patch(plt.Rectangle((cx - bw / 2, cy - bh / 2), bw, bh, fill=False, color="red", linewidth=2))
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(image)
+    for q in keep:
+        add_box(ax, q)
+        cx, cy = boxes[q, 0].item() * width, boxes[q, 1].item() * height
+        ax.text(cx, cy, f"{labels[q].item()}:{scores[q].item():.2f}", color="yellow", fontsize=8)
+    ax.set_axis_off()
+    written.append(out / "detections.png")
+    fig.savefig(written[-1], bbox_inches="tight")
+    plt.close(fig)
+
+    if keep:
+        fig, axes = plt.subplots(2, len(keep), figsize=(3 * len(keep), 6), squeeze=False)
+        for col, q in enumerate(keep):
+            axes[0, col].imshow(image)
+            add_box(axes[0, col], q)
+            axes[0, col].set_title(f"query {q}: class {labels[q].item()}")
+            axes[1, col].imshow(found["cross"][q].numpy(), cmap="viridis")
+            axes[1, col].set_title("decoder cross-attention")
+            for ax in axes[:, col]:
+                ax.set_axis_off()
+        written.append(out / "decoder_attention.png")
+        fig.savefig(written[-1], bbox_inches="tight")
+        plt.close(fig)
+
+    for place, maps in found["block_maps"].items():
+        fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3 * (len(maps) + 1), 3), squeeze=False)
+        axes[0, 0].imshow(image)
+        axes[0, 0].set_title("image")
+        for ax, (name, m) in zip(axes[0, 1:], maps.items()):
+            ax.imshow(image)
+            ax.imshow(m.float().numpy(), cmap="jet", alpha=0.5, extent=(0, width, height, 0), interpolation="nearest")
+            ax.set_title(f"{place}: {name}", fontsize=8)
+        for ax in axes[0]:
+            ax.set_axis_off()
+        written.append(out / f"attn_{place}.png")
+        fig.savefig(written[-1], bbox_inches="tight")
+        plt.close(fig)
+    return written
+
+
+def main(argv=None) -> list[Path]:
+    args = parse_args_with_config(get_parser(), argv)
+    args.device = "cpu"
+    if args.num_classes is None:
+        args.num_classes = 91
+    model, _, _ = build_model(args)
+    if args.resume:
+        state = load_checkpoint(args.resume)
+        model.load_state_dict(state["model"])
+    else:
+        print("no --resume: drawing an untrained model's attention", flush=True)
+    image = Image.open(args.image).convert("RGB")
+    tensor, _ = make_coco_transforms("val", args.image_size)(image, None)
+    written = draw(image, collect(model, tensor, tuple(args.pixel)), args.threshold, Path(args.out))
+    for path in written:
+        print(f"wrote {path}")
+    return written
+
+
+if __name__ == "__main__":
+    main()
