@@ -6,6 +6,7 @@ import argparse
 import datetime
 import json
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from util.checkpoint import (
     set_rng_state,
 )
 from util.config import ConfigError, dump_config, parse_args_with_config
-from util.distributed import all_gather, barrier, get_rank, init_distributed_mode, is_main_process
+from util.distributed import all_gather, barrier, broadcast_object, get_rank, init_distributed_mode, is_main_process
 from util.nested_tensor import collate_fn
 
 
@@ -116,6 +117,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="device to use for training / testing")
     parser.add_argument("--seed", default=42, type=int)
     parser.add_argument("--resume", default="", help="resume from checkpoint (path or https URL)")
+    parser.add_argument("--auto_resume", action="store_true",
+                        help="resume from OUTPUT_DIR/checkpoint.pth when it exists (what a requeued SLURM job does)")
     parser.add_argument("--finetune_from", default="",
                         help="initialise from a checkpoint, skipping entries whose shapes differ")
     parser.add_argument("--start_epoch", default=0, type=int, metavar="N", help="start epoch")
@@ -166,10 +169,15 @@ def build_param_groups(model: torch.nn.Module, lr_backbone: float, lr_attn: floa
     return groups
 
 
+def _ignore_job_signals(worker_id: int) -> None:
+    """DataLoader workers leave SLURM's requeue signal (SIGUSR2) to the main process's handler."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 def _make_loaders(args, dataset_train, dataset_val):
     sampler_val = DistributedSampler(dataset_val, shuffle=False) if args.distributed else SequentialSampler(dataset_val)
     loader_val = DataLoader(dataset_val, args.batch_size, sampler=sampler_val, drop_last=False,
-                            collate_fn=collate_fn, num_workers=args.num_workers)
+                            collate_fn=collate_fn, num_workers=args.num_workers, worker_init_fn=_ignore_job_signals)
     if dataset_train is None:
         return None, None, loader_val
     if args.distributed:
@@ -181,7 +189,7 @@ def _make_loaders(args, dataset_train, dataset_val):
         raise ValueError(f"--batch_size {args.batch_size} is larger than the training set per process "
                          f"({len(dataset_train)} images / {args.world_size} processes)")
     loader_train = DataLoader(dataset_train, batch_sampler=batch_sampler_train, collate_fn=collate_fn,
-                              num_workers=args.num_workers)
+                              num_workers=args.num_workers, worker_init_fn=_ignore_job_signals)
     return loader_train, sampler_train, loader_val
 
 
@@ -220,60 +228,18 @@ def main(args: argparse.Namespace) -> dict:
     base_ds = datasets.get_coco_api_from_dataset(dataset_val)
 
     output_dir = Path(args.output_dir) if args.output_dir else None
+    if args.auto_resume and not args.eval and output_dir is not None:
+        # decided once, by the main process, so every process resumes from the same state
+        if broadcast_object((output_dir / "checkpoint.pth").is_file() if is_main_process() else None):
+            args.resume, args.finetune_from = str(output_dir / "checkpoint.pth"), ""
     if output_dir is not None and is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
         dump_config(get_args_parser(), args, output_dir / "config.yaml")
 
-    if args.finetune_from:
-        checkpoint = load_checkpoint(args.finetune_from, flag="--finetune_from")
-        skipped, missing = load_matching_state_dict(model_without_ddp, _model_state(checkpoint, "--finetune_from"))
-        print(f"--finetune_from {args.finetune_from}: skipped {len(skipped)} entries: {skipped}; "
-              f"left at initialisation: {missing}", flush=True)
-    if args.resume:
-        checkpoint = load_checkpoint(args.resume, flag="--resume")
-        try:
-            model_without_ddp.load_state_dict(_model_state(checkpoint, "--resume"))
-        except RuntimeError as exc:
-            raise ValueError(f"--resume {args.resume} does not fit the model built from these flags "
-                             f"(backbone, hidden_dim, layers, num_queries, num_classes ...): {exc}") from exc
-        if not args.eval and all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
-            args.start_epoch = checkpoint["epoch"] + 1
-            if "rng_state" in checkpoint and get_rank() < len(checkpoint["rng_state"]):
-                set_rng_state(checkpoint["rng_state"][get_rank()])
-            print(f"resumed from {args.resume} at epoch {args.start_epoch}", flush=True)
-
-    if args.eval:
-        test_stats, coco_evaluator = evaluate(model, criterion, postprocessors, data_loader_val, base_ds, device,
-                                              args.print_freq)
-        if output_dir is not None and is_main_process():
-            save_checkpoint(coco_evaluator.coco_eval["bbox"].eval, output_dir / "eval.pth")
-        _print_ap(test_stats, output_dir)
-        return test_stats
-
-    if args.distributed:
-        sampler_train.set_epoch(args.start_epoch)
-        shard = list(sampler_train)
-        print(f"data: rank {args.rank} of {args.world_size} trains on {len(shard)} of {len(dataset_train)} images "
-              f"per epoch; epoch {args.start_epoch} starts with images {shard[:8]}", flush=True)
-    print("Start training", flush=True)
-    start_time = time.time()
-    test_stats = {}
-    for epoch in range(args.start_epoch, args.epochs):
-        if args.distributed:
-            sampler_train.set_epoch(epoch)
-        try:
-            train_stats = train_one_epoch(model, criterion, data_loader_train, optimizer, device, epoch,
-                                          args.clip_max_norm, args.print_freq)
-        except NonFiniteLossError as err:
-            kept = output_dir / "checkpoint.pth" if output_dir else "none (no --output_dir)"
-            raise SystemExit(f"Stopping: {err}. Last good checkpoint: {kept}") from err
-        lr_scheduler.step()
-        if output_dir is not None:
-            _save_training_state(output_dir, model_without_ddp, optimizer, lr_scheduler, epoch, args)
-
-        log_stats = {**{f"train_{k}": v for k, v in train_stats.items()}}
+    def finish_epoch(epoch: int, train_stats: dict) -> dict:
+        """Evaluate when due and append the epoch's line to log.txt; returns the evaluation's stats or {}."""
+        log_stats = {f"train_{k}": v for k, v in train_stats.items()}
+        test_stats = {}
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
             # Evaluation leaves the RNGs as it found them (its loader and transforms draw from them), so a run
             # resumed from this epoch's checkpoint trains exactly as the uninterrupted one.
@@ -290,6 +256,68 @@ def main(args: argparse.Namespace) -> dict:
         if output_dir is not None and is_main_process():
             with (output_dir / "log.txt").open("a") as f:
                 f.write(json.dumps(log_stats) + "\n")
+        return test_stats
+
+    if args.finetune_from:
+        checkpoint = load_checkpoint(args.finetune_from, flag="--finetune_from")
+        skipped, missing = load_matching_state_dict(model_without_ddp, _model_state(checkpoint, "--finetune_from"))
+        print(f"--finetune_from {args.finetune_from}: skipped {len(skipped)} entries: {skipped}; "
+              f"left at initialisation: {missing}", flush=True)
+    test_stats = {}  # the last evaluation's stats
+    if args.resume:
+        checkpoint = load_checkpoint(args.resume, flag="--resume")
+        try:
+            model_without_ddp.load_state_dict(_model_state(checkpoint, "--resume"))
+        except RuntimeError as exc:
+            raise ValueError(f"--resume {args.resume} does not fit the model built from these flags "
+                             f"(backbone, hidden_dim, layers, num_queries, num_classes ...): {exc}") from exc
+        if not args.eval and all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
+            try:
+                optimizer.load_state_dict(checkpoint["optimizer"])
+            except ValueError as exc:
+                raise ValueError(f"--resume {args.resume}: the optimizer state does not fit this run's parameter "
+                                 "groups; keep --backbone_trainable_layers, --lr_backbone > 0 and --backbone_attn "
+                                 f"as in the run that wrote it (or use --finetune_from): {exc}") from exc
+            lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+            args.start_epoch = checkpoint["epoch"] + 1
+            if "rng_state" in checkpoint and get_rank() < len(checkpoint["rng_state"]):
+                set_rng_state(checkpoint["rng_state"][get_rank()])
+            print(f"resumed from {args.resume} at epoch {args.start_epoch}", flush=True)
+            if output_dir is not None and "train_stats" in checkpoint:
+                # The run stopped between saving this checkpoint and logging its epoch (e.g. a requeue during
+                # evaluation): finish that epoch's evaluation and log line first.
+                logged = broadcast_object(_logged_epochs(output_dir) if is_main_process() else None)
+                if checkpoint["epoch"] not in logged:
+                    test_stats = finish_epoch(checkpoint["epoch"], checkpoint["train_stats"])
+
+    if args.eval:
+        test_stats, coco_evaluator = evaluate(model, criterion, postprocessors, data_loader_val, base_ds, device,
+                                              args.print_freq)
+        if output_dir is not None and is_main_process():
+            save_checkpoint(coco_evaluator.coco_eval["bbox"].eval, output_dir / "eval.pth")
+        _print_ap(test_stats, output_dir)
+        return test_stats
+
+    if args.distributed:
+        sampler_train.set_epoch(args.start_epoch)
+        shard = list(sampler_train)
+        print(f"data: rank {args.rank} of {args.world_size} trains on {len(shard)} of {len(dataset_train)} images "
+              f"per epoch; epoch {args.start_epoch} starts with images {shard[:8]}", flush=True)
+    print("Start training", flush=True)
+    start_time = time.time()
+    for epoch in range(args.start_epoch, args.epochs):
+        if args.distributed:
+            sampler_train.set_epoch(epoch)
+        try:
+            train_stats = train_one_epoch(model, criterion, data_loader_train, optimizer, device, epoch,
+                                          args.clip_max_norm, args.print_freq)
+        except NonFiniteLossError as err:
+            kept = output_dir / "checkpoint.pth" if output_dir else "none (no --output_dir)"
+            raise SystemExit(f"Stopping: {err}. Last good checkpoint: {kept}") from err
+        lr_scheduler.step()
+        if output_dir is not None:
+            _save_training_state(output_dir, model_without_ddp, optimizer, lr_scheduler, epoch, args, train_stats)
+        test_stats = finish_epoch(epoch, train_stats) or test_stats
 
     total_time = datetime.timedelta(seconds=int(time.time() - start_time))
     print(f"Training time {total_time}", flush=True)
@@ -303,7 +331,15 @@ def _model_state(checkpoint: dict, flag: str) -> dict:
     return checkpoint["model"]
 
 
-def _save_training_state(output_dir: Path, model, optimizer, lr_scheduler, epoch: int, args) -> None:
+def _logged_epochs(output_dir: Path) -> set[int]:
+    log = output_dir / "log.txt"
+    if not log.is_file():
+        return set()
+    return {json.loads(line)["epoch"] for line in log.read_text().splitlines() if line.strip()}
+
+
+def _save_training_state(output_dir: Path, model, optimizer, lr_scheduler, epoch: int, args,
+                         train_stats: dict) -> None:
     """checkpoint.pth every epoch (atomically), plus a kept copy before each lr drop and every 100 epochs.
 
     Every process takes part (its RNG states are gathered); only the main process writes.
@@ -315,7 +351,8 @@ def _save_training_state(output_dir: Path, model, optimizer, lr_scheduler, epoch
             paths.append(output_dir / f"checkpoint{epoch:04}.pth")
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch,
-                 "args": {k: v for k, v in vars(args).items() if _plain(v)}, "rng_state": rng_states}
+                 "args": {k: v for k, v in vars(args).items() if _plain(v)}, "rng_state": rng_states,
+                 "train_stats": train_stats}
         for path in paths:
             save_checkpoint(state, path)
     barrier()

@@ -64,9 +64,7 @@ class Trainer:
     def __call__(self) -> dict:
         args = copy.deepcopy(self.args)
         self._set_distributed_env()
-        checkpoint = Path(args.output_dir) / "checkpoint.pth"
-        if checkpoint.is_file():
-            args.resume, args.finetune_from = str(checkpoint), ""
+        args.auto_resume = not args.eval  # resume from OUTPUT_DIR/checkpoint.pth when a previous job wrote one
         return detr_main.main(args)
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
@@ -77,10 +75,14 @@ class Trainer:
         env = submitit.JobEnvironment()
         os.environ.update({
             "RANK": str(env.global_rank), "WORLD_SIZE": str(env.num_tasks), "LOCAL_RANK": str(env.local_rank),
-            "MASTER_ADDR": env.hostnames[0],
-            "MASTER_PORT": os.environ.get("MASTER_PORT", str(20000 + int(str(env.job_id).split("_")[0]) % 20000)),
+            "MASTER_ADDR": env.hostnames[0], "MASTER_PORT": str(job_port(str(env.job_id))),
         })
         print(f"submitit job {env.job_id}: task {env.global_rank}/{env.num_tasks} on {env.hostnames}", flush=True)
+
+
+def job_port(job_id: str) -> int:
+    """The rendezvous port of a job, the same in all its tasks: 20000-29999 (below Linux's ephemeral ports)."""
+    return 20000 + int(job_id.split("_")[0]) % 10000
 
 
 def tasks_per_node(args: argparse.Namespace) -> int:
@@ -98,6 +100,7 @@ def slurm_parameters(args: argparse.Namespace) -> dict:
         "signal_delay_s": args.signal_delay_s,
         # the repo on the path and one compute thread per allocated CPU in every task
         "setup": [f"export PYTHONPATH={REPO}:${{PYTHONPATH:-}}", f"export OMP_NUM_THREADS={args.cpus_per_task}"],
+        "additional_parameters": {"requeue": True},  # whatever the cluster's JobRequeue default
     }
     if args.ngpus > 0:
         params["gpus_per_node"] = args.ngpus
@@ -124,6 +127,9 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if args.ngpus < 0 or tasks_per_node(args) < 1 or args.max_requeues < 0:
         raise ValueError("--ngpus and --max_requeues must be >= 0 and --ntasks_per_node >= 1")
+    if args.ngpus > 0 and tasks_per_node(args) != args.ngpus:
+        raise ValueError(f"--ntasks_per_node {args.ntasks_per_node} with --ngpus {args.ngpus}: GPU jobs run one task "
+                         "per GPU (leave --ntasks_per_node out)")
     args.device = "cuda" if args.ngpus > 0 else "cpu"  # the job's nodes, not this login node, decide
     args.dist_url = "env://"
     return args

@@ -11,6 +11,7 @@ with the same seeds and schedule, so an interrupted ablation continues.
 """
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -42,7 +43,7 @@ def gflops(args: argparse.Namespace) -> float:
     """Forward GFLOPs of one square image at ``--image_size`` (multiply-adds counted as 2 FLOPs)."""
     model, _, _ = build_model(args)
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter:  # (its module tracker needs autograd on)
         model([torch.rand(3, args.image_size, args.image_size)])
     return counter.get_total_flops() / 1e9
 
@@ -51,6 +52,7 @@ def run_block(block: str, seeds: list[int], common: list[str], out: Path) -> dic
     aps, ap50s, minutes = [], [], []
     for seed in seeds:
         run_dir = out / f"{block}_seed{seed}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted earlier run of this block starts over
         args = preset_args(block, [*common, "--seed", str(seed), "--output_dir", str(run_dir)])
         start = time.time()
         stats = detr_main.main(args)
@@ -79,7 +81,7 @@ def table(rows: list[dict], command: str) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['block']} | {_mean_sd(r['ap'])} | {_mean_sd(r['ap50'])} | {r['params']:,} | "
-                     f"{r['gflops']:.3f} | {r['train_img_per_s']:.1f} | {r['infer_img_per_s']:.1f} | "
+                     f"{r['gflops']:.4f} | {r['train_img_per_s']:.1f} | {r['infer_img_per_s']:.1f} | "
                      f"{statistics.mean(r['minutes']):.1f} |")
     return "\n".join(lines + ["", "![AP against cost](attention_ablation.png)", END])
 
@@ -133,7 +135,8 @@ def main(argv=None) -> list[dict]:
     out = Path(args.out)
     record = out / "ablation.json"
     done = {r["block"]: r for r in json.loads(record.read_text())} if record.is_file() else {}
-    command = ("python benchmarks/attention_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    flags = " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"python benchmarks/attention_ablation.py {flags}".strip()
     rows = []
     for block in args.blocks:
         previous = done.get(block)
@@ -142,9 +145,10 @@ def main(argv=None) -> list[dict]:
             continue
         rows.append({**run_block(block, args.seeds, common, out), "common": common})
         out.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(list({**done, **{r["block"]: r for r in rows}}.values()), indent=1))
-        write_results(rows, command)
-        plot(rows, HERE / "attention_ablation.png")
+        everything = list({**done, **{r["block"]: r for r in rows}}.values())
+        record.write_text(json.dumps(everything, indent=1))
+        write_results(everything, command)
+        plot(everything, HERE / "attention_ablation.png")
     print(table(rows, command))
     return rows
 

@@ -1,6 +1,6 @@
 """Placing attention blocks (models/attention) into a torchvision ResNet without renaming any of its parameters.
 
-Blocks live in one ``nn.ModuleDict`` beside the network (checkpoint keys ``backbone.0.attn.<place>.*``) and act
+Blocks live in one ``nn.ModuleDict`` beside the network (checkpoint keys ``backbone.0.attn.blocks.<place>.*``) and act
 through forward hooks, so an official DETR checkpoint loads with only the block parameters missing:
 
 - position ``block``: inside every residual block of the chosen stages, on the output of its last normalisation

@@ -49,7 +49,7 @@ def test_slurm_variables_set_master_from_first_host(clean_env):
         clean_env.setenv(name, value)
     assert detect_dist_env() == DistEnv(rank=5, world_size=8, local_rank=1)
     assert os.environ["MASTER_ADDR"] == "gpu07"
-    assert os.environ["MASTER_PORT"] == str(20000 + 123456 % 20000)
+    assert os.environ["MASTER_PORT"] == str(20000 + 123456 % 10000)
 
 
 def test_single_slurm_task_is_not_distributed(clean_env):

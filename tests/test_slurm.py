@@ -31,7 +31,8 @@ def test_dry_run_maps_flags_to_sbatch_parameters(tmp_path, capsys):
                  "#SBATCH --cpus-per-task=6", "#SBATCH --mem=160GB", "#SBATCH --time=600",
                  "#SBATCH --partition=gpu", "#SBATCH --account=proj", "#SBATCH --qos=high",
                  "#SBATCH --constraint=a100", "#SBATCH --comment=deadline", "#SBATCH --signal=USR2@120",
-                 f"#SBATCH --output={tmp_path / 'out' / 'slurm'}/%j_0_log.out", "export OMP_NUM_THREADS=6",
+                 f"#SBATCH --output={tmp_path / 'out' / 'slurm'}/%j_0_log.out", "#SBATCH --requeue",
+                 "export OMP_NUM_THREADS=6",
                  f"export PYTHONPATH={REPO}:"]:
         assert line in printed, line
     assert "#   batch_size: 4" in printed and "#   device: 'cuda'" in printed and "#   dist_url: 'env://'" in printed
@@ -52,6 +53,39 @@ def test_launcher_requires_an_output_dir(capsys):
     with pytest.raises(SystemExit):
         launcher.main(["--coco_path", "/data", "--dry_run"])
     assert "--output_dir is required" in capsys.readouterr().err
+
+
+def test_gpu_jobs_run_one_task_per_gpu(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        launcher.main(["--coco_path", "/data", "--output_dir", str(tmp_path), "--ngpus", "8",
+                       "--ntasks_per_node", "4", "--dry_run"])
+    assert "one task per GPU" in capsys.readouterr().err
+
+
+def test_trainer_sets_up_the_job_and_requeues_itself(monkeypatch, tmp_path):
+    """Without a cluster: the task's distributed variables, auto-resume, and the requeue hook."""
+    import submitit
+
+    class FakeJob:
+        job_id, global_rank, num_tasks, local_rank, hostnames = "4242", 3, 4, 1, ["node07", "node08"]
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
+        monkeypatch.setenv(name, "unset")  # recorded, so the values the trainer sets are undone after the test
+    monkeypatch.setenv("MASTER_PORT", "1")  # a stale value from the submitting shell is not used
+    monkeypatch.setattr(submitit, "JobEnvironment", FakeJob)
+    seen = {}
+    monkeypatch.setattr(launcher.detr_main, "main", lambda args: seen.update(vars(args)) or {"ok": 1})
+    args = launcher.main_args(launcher.resolve(launcher.get_launcher_parser().parse_args(
+        ["--coco_path", "/data", "--output_dir", str(tmp_path), "--ngpus", "0"])))
+    trainer = launcher.Trainer(args)
+    assert trainer() == {"ok": 1}
+    assert {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")} == {
+        "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node07", "MASTER_PORT": "24242"}
+    assert seen["auto_resume"] is True and seen["output_dir"] == str(tmp_path.resolve())
+    assert not hasattr(args, "auto_resume") or args.auto_resume is False  # the submitted arguments stay as given
+    resubmission = trainer.checkpoint()
+    assert isinstance(resubmission, submitit.helpers.DelayedSubmission)
+    assert vars(resubmission.function.args) == vars(args)
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +147,9 @@ def test_two_task_cpu_job_trains_and_evaluates(slurm_cluster, tiny_coco, tmp_pat
 def test_signalled_job_requeues_and_resumes(slurm_cluster, tiny_coco, tmp_path):
     out = tmp_path / "out"
     epochs = 8
+    # one DataLoader worker per task: workers must leave the requeue signal to their task
     job = launcher.main([*TINY_FLAGS, "--coco_path", str(tiny_coco), "--epochs", str(epochs), "--output_dir",
-                         str(out), *CPU_JOB])
+                         str(out), *CPU_JOB, "--num_workers", "1"])
     log_file = out / "log.txt"
     deadline = time.time() + 120
     while not (log_file.is_file() and log_file.read_text().count("\n") >= 2):

@@ -111,3 +111,28 @@ def test_resume_into_a_different_model_names_the_flag(tiny_coco, tiny_args, tmp_
     detr_main.main(tiny_args(tiny_coco, "--epochs", "1", "--eval_every", "5", "--output_dir", str(out)))
     with pytest.raises(ValueError, match="--resume .* does not fit the model"):
         detr_main.main(tiny_args(tiny_coco, "--eval", "--hidden_dim", "64", "--resume", str(out / "checkpoint.pth")))
+
+
+def test_resume_finishes_an_epoch_whose_evaluation_was_interrupted(tiny_coco, tiny_args, tmp_path):
+    out = tmp_path / "run"
+    detr_main.main(tiny_args(tiny_coco, "--epochs", "2", "--output_dir", str(out)))
+    lines = (out / "log.txt").read_text().splitlines()
+    (out / "log.txt").write_text(lines[0] + "\n")  # as if stopped while evaluating epoch 1
+    stats = detr_main.main(tiny_args(tiny_coco, "--epochs", "2", "--output_dir", str(out), "--auto_resume"))
+    restored = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert [e["epoch"] for e in restored] == [0, 1]
+    original = json.loads(lines[1])
+    assert set(restored[1]) == set(original)
+    for key, value in original.items():  # the same evaluation and training averages
+        assert restored[1][key] == pytest.approx(value), key
+    assert stats["coco_eval_bbox"] == pytest.approx(restored[1]["test_coco_eval_bbox"])
+
+
+def test_auto_resume_continues_from_the_output_dir(tiny_coco, tiny_args, tmp_path, capsys):
+    out = tmp_path / "run"
+    detr_main.main(tiny_args(tiny_coco, "--epochs", "1", "--eval_every", "5", "--output_dir", str(out),
+                             "--auto_resume"))  # nothing to resume yet: starts at epoch 0
+    detr_main.main(tiny_args(tiny_coco, "--epochs", "2", "--eval_every", "5", "--output_dir", str(out),
+                             "--auto_resume"))
+    assert "at epoch 1" in capsys.readouterr().out
+    assert [e["epoch"] for e in _log(out)] == [0, 1]

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import main as detr_main  # noqa: E402
 from datasets.coco import make_coco_transforms  # noqa: E402
 from models import build_model  # noqa: E402
-from util.checkpoint import load_checkpoint  # noqa: E402
+from util.checkpoint import load_checkpoint, load_matching_state_dict  # noqa: E402
 from util.config import parse_args_with_config  # noqa: E402
 from util.nested_tensor import nested_tensor_from_tensor_list  # noqa: E402
 
@@ -135,8 +135,10 @@ def main(argv=None) -> list[Path]:
         args.num_classes = 91
     model, _, _ = build_model(args)
     if args.resume:
-        state = load_checkpoint(args.resume)
-        model.load_state_dict(state["model"])
+        # an official checkpoint has no block parameters: they stay at initialisation (identity)
+        skipped, missing = load_matching_state_dict(model, load_checkpoint(args.resume)["model"])
+        if skipped or missing:
+            print(f"--resume {args.resume}: skipped {skipped}; left at initialisation: {missing}", flush=True)
     else:
         print("no --resume: drawing an untrained model's attention", flush=True)
     image = Image.open(args.image).convert("RGB")

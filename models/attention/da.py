@@ -70,8 +70,9 @@ class DualAttention(AttentionBlock):
         """CAM's attended values (before gamma_c): ``[B, C, H, W] -> [B, C, H, W]``."""
         flat = x.flatten(2)  # [B, C, HW]
         valid = zero_padding(x, mask).flatten(2)
+        valid = valid.float()  # the sums over positions overflow in half precision
         energy = torch.bmm(valid, valid.transpose(1, 2))  # [B, C, C], sums over valid positions
-        attn = (energy.amax(-1, keepdim=True) - energy).softmax(-1)
+        attn = (energy.amax(-1, keepdim=True) - energy).softmax(-1).to(x.dtype)
         return torch.bmm(attn, flat).view_as(x)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

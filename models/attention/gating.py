@@ -32,6 +32,9 @@ class ZeroInitGate(AttentionBlock):
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                        query: tuple[int, int] = (0, 0)) -> dict[str, torch.Tensor]:
-        """The paper module's maps (see :meth:`AttentionBlock.attention_maps`), if it draws any."""
+        """The paper module's maps (see :meth:`AttentionBlock.attention_maps`), if it draws any, named with the
+        current gate scale: at gamma = 0 the maps have no effect yet."""
         maps = getattr(self.attn, "attention_maps", None)
-        return maps(x, mask) if maps is not None else {}
+        if maps is None:
+            return {}
+        return {f"{name} (gamma {self.gamma.item():.2f})": m for name, m in maps(x, mask, query).items()}
