@@ -6,9 +6,11 @@ import torch
 from torch import nn
 
 from datasets.coco_eval import CocoEvaluator
+from datasets.panoptic_eval import format_pq_table
 from util.distributed import broadcast_object, is_main_process, reduce_dict
 from util.metric_logger import MetricLogger, SmoothedValue
 
+STATS_NAMES = {"bbox": "bbox", "segm": "masks"}  # the official log's keys: coco_eval_bbox, coco_eval_masks
 PROGRESS_METERS = ("lr", "loss", "loss_ce", "loss_bbox", "loss_giou", "class_error")
 
 
@@ -68,11 +70,14 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
 
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_loader: Iterable, base_ds,
-             device: torch.device, print_freq: int = 10) -> tuple[dict, CocoEvaluator]:
+             device: torch.device, print_freq: int = 10, panoptic_evaluator=None) -> tuple[dict, CocoEvaluator]:
     """Loss and COCO evaluation over ``data_loader`` (gathered across processes).
 
-    Returns (averaged stats with ``coco_eval_bbox``: the 12 COCO numbers, the CocoEvaluator, whose COCOeval
-    has run on the main process only).
+    ``postprocessors`` has ``bbox``, and with a mask head ``segm`` (instance masks, evaluated by COCOeval too) and
+    ``panoptic`` (evaluated by ``panoptic_evaluator``, a fresh datasets.panoptic_eval.PanopticEvaluator).
+    Returns (averaged stats with ``coco_eval_bbox`` (and ``coco_eval_masks``): the 12 COCO numbers, and with a
+    panoptic evaluator ``PQ_all``, ``PQ_th``, ``PQ_st`` (dicts of pq, sq, rq in [0, 1] and n); the CocoEvaluator,
+    whose COCOeval has run on the main process only).
     """
     model.eval()
     criterion.eval()
@@ -90,8 +95,17 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
         metric_logger.update(class_error=unscaled["class_error_unscaled"])
 
         orig_target_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)
+        target_sizes = torch.stack([t["size"] for t in targets], dim=0)
         results = postprocessors["bbox"](outputs, orig_target_sizes)
+        if "segm" in postprocessors:
+            results = postprocessors["segm"](results, outputs, orig_target_sizes, target_sizes)
         coco_evaluator.update({t["image_id"].item(): r for t, r in zip(targets, results)})
+        if panoptic_evaluator is not None:
+            panoptic = postprocessors["panoptic"](outputs, target_sizes, orig_target_sizes)
+            for target, prediction in zip(targets, panoptic):
+                image_id = target["image_id"].item()
+                prediction.update(image_id=image_id, file_name=f"{image_id:012d}.png")
+            panoptic_evaluator.update(panoptic)
     metric_logger.synchronize_between_processes()
     print("Averaged stats:", metric_logger, flush=True)
     coco_evaluator.synchronize_between_processes()
@@ -101,7 +115,13 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
         print(f"COCO evaluation of {len(coco_evaluator.img_ids)} images, {num_detections} detections", flush=True)
         coco_evaluator.accumulate()
         coco_evaluator.summarize()
-        coco_stats = {f"coco_eval_{t}": coco_evaluator.coco_eval[t].stats.tolist() for t in iou_types}
+        coco_stats = {f"coco_eval_{STATS_NAMES[t]}": coco_evaluator.coco_eval[t].stats.tolist() for t in iou_types}
+    if panoptic_evaluator is not None:
+        panoptic_evaluator.synchronize_between_processes()
+        if is_main_process():
+            pq = panoptic_evaluator.summarize()
+            print(format_pq_table(pq), flush=True)
+            coco_stats.update(PQ_all=pq["All"], PQ_th=pq["Things"], PQ_st=pq["Stuff"])
     stats = {k: meter.global_avg for k, meter in metric_logger.meters.items()}
     stats.update(broadcast_object(coco_stats))
     return stats, coco_evaluator

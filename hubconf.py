@@ -1,4 +1,5 @@
-"""torch.hub entry points for the official DETR models (COCO, 91 classes).
+"""torch.hub entry points for the official DETR models: detection (COCO, 91 classes) and panoptic segmentation
+(COCO panoptic, 250 classes as the official checkpoints; ids 1..90 are things).
 
 ``pretrained=True`` downloads the official weights into torch.hub's cache; ``pretrained=False`` builds the
 architecture with random weights and touches no network (the backbone's ImageNet weights are not fetched).
@@ -7,6 +8,7 @@ import torch
 
 from models.backbone import Backbone, Joiner
 from models.detr import DETR, PostProcess
+from models.segmentation import DETRsegm, PostProcessPanoptic
 from models.position_encoding import PositionEmbeddingSine
 from models.transformer import Transformer
 from util.checkpoint import load_checkpoint
@@ -18,28 +20,50 @@ OFFICIAL_URLS = {
     "detr_resnet50_dc5": "https://dl.fbaipublicfiles.com/detr/detr-r50-dc5-f0fb7ef5.pth",
     "detr_resnet101": "https://dl.fbaipublicfiles.com/detr/detr-r101-2c7b67e5.pth",
     "detr_resnet101_dc5": "https://dl.fbaipublicfiles.com/detr/detr-r101-dc5-a2e86def.pth",
+    "detr_resnet50_panoptic": "https://dl.fbaipublicfiles.com/detr/detr-r50-panoptic-00ce5173.pth",
+    "detr_resnet50_dc5_panoptic": "https://dl.fbaipublicfiles.com/detr/detr-r50-dc5-panoptic-da08f1b1.pth",
+    "detr_resnet101_panoptic": "https://dl.fbaipublicfiles.com/detr/detr-r101-panoptic-40021d53.pth",
 }
+PANOPTIC_CLASSES = 250
 
 
-def _make_detr(backbone_name: str, dilation: bool = False, num_classes: int = 91) -> DETR:
-    """The official architecture: hidden 256, 6+6 layers, 8 heads, 100 queries, sine positions, aux outputs."""
+def _make_detr(backbone_name: str, dilation: bool = False, num_classes: int = 91, mask: bool = False
+               ) -> DETR | DETRsegm:
+    """The official architecture: hidden 256, 6+6 layers, 8 heads, 100 queries, sine positions, aux outputs; with
+    ``mask`` wrapped in the segmentation head."""
     hidden_dim = 256
-    backbone = Backbone(backbone_name, trainable_layers=3, return_interm_layers=False, dilation=dilation)
+    backbone = Backbone(backbone_name, trainable_layers=3, return_interm_layers=mask, dilation=dilation)
     joiner = Joiner(backbone, PositionEmbeddingSine(hidden_dim // 2, normalize=True))
     transformer = Transformer(d_model=hidden_dim, return_intermediate_dec=True)
-    return DETR(joiner, transformer, num_classes=num_classes, num_queries=100, aux_loss=True)
+    detr = DETR(joiner, transformer, num_classes=num_classes, num_queries=100, aux_loss=True)
+    return DETRsegm(detr) if mask else detr
+
+
+def _load_official(model: torch.nn.Module, name: str, num_classes: int, official_classes: int) -> None:
+    if num_classes != official_classes:
+        raise ValueError(f"{name}: the official weights have {official_classes} classes; num_classes={num_classes} "
+                         "needs pretrained=False (or --finetune_from)")
+    model.load_state_dict(load_checkpoint(OFFICIAL_URLS[name], flag=name)["model"])
 
 
 def _hub_model(name: str, backbone_name: str, dilation: bool, pretrained: bool, num_classes: int,
                return_postprocessor: bool):
     model = _make_detr(backbone_name, dilation, num_classes)
     if pretrained:
-        if num_classes != 91:
-            raise ValueError(f"{name}: the official weights have 91 classes; num_classes={num_classes} "
-                             "needs pretrained=False (or --finetune_from)")
-        model.load_state_dict(load_checkpoint(OFFICIAL_URLS[name], flag=name)["model"])
+        _load_official(model, name, num_classes, 91)
     if return_postprocessor:
         return model, PostProcess()
+    return model
+
+
+def _hub_panoptic(name: str, backbone_name: str, dilation: bool, pretrained: bool, num_classes: int,
+                  threshold: float, return_postprocessor: bool):
+    model = _make_detr(backbone_name, dilation, num_classes, mask=True)
+    if pretrained:
+        _load_official(model, name, num_classes, PANOPTIC_CLASSES)
+    if return_postprocessor:
+        is_thing_map = {i: i <= 90 for i in range(num_classes)}
+        return model, PostProcessPanoptic(is_thing_map, threshold=threshold)
     return model
 
 
@@ -63,4 +87,27 @@ def detr_resnet101_dc5(pretrained: bool = False, num_classes: int = 91, return_p
     return _hub_model("detr_resnet101_dc5", "resnet101", True, pretrained, num_classes, return_postprocessor)
 
 
-__all__ = ["detr_resnet50", "detr_resnet50_dc5", "detr_resnet101", "detr_resnet101_dc5", "torch"]
+def detr_resnet50_panoptic(pretrained: bool = False, num_classes: int = PANOPTIC_CLASSES, threshold: float = 0.85,
+                           return_postprocessor: bool = False):
+    """DETR R50 panoptic: 43.4 PQ on COCO val2017 (official figure). The post-processor keeps queries whose class
+    probability exceeds ``threshold``."""
+    return _hub_panoptic("detr_resnet50_panoptic", "resnet50", False, pretrained, num_classes, threshold,
+                         return_postprocessor)
+
+
+def detr_resnet50_dc5_panoptic(pretrained: bool = False, num_classes: int = PANOPTIC_CLASSES,
+                               threshold: float = 0.85, return_postprocessor: bool = False):
+    """DETR-DC5 R50 panoptic: 44.6 PQ on COCO val2017 (official figure)."""
+    return _hub_panoptic("detr_resnet50_dc5_panoptic", "resnet50", True, pretrained, num_classes, threshold,
+                         return_postprocessor)
+
+
+def detr_resnet101_panoptic(pretrained: bool = False, num_classes: int = PANOPTIC_CLASSES, threshold: float = 0.85,
+                            return_postprocessor: bool = False):
+    """DETR R101 panoptic: 45.1 PQ on COCO val2017 (official figure)."""
+    return _hub_panoptic("detr_resnet101_panoptic", "resnet101", False, pretrained, num_classes, threshold,
+                         return_postprocessor)
+
+
+__all__ = ["detr_resnet50", "detr_resnet50_dc5", "detr_resnet101", "detr_resnet101_dc5", "detr_resnet50_panoptic",
+           "detr_resnet50_dc5_panoptic", "detr_resnet101_panoptic", "torch"]

@@ -8,6 +8,7 @@ import json
 import random
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,9 +17,12 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 import datasets
+from datasets.coco_eval import CocoEvaluator
+from datasets.panoptic_eval import PanopticEvaluator
 from engine import NonFiniteLossError, evaluate, train_one_epoch
 from models import build_model
 from models.backbone_attention import MaskedAttention
+from models.segmentation import PostProcessPanoptic
 from util.checkpoint import (
     load_checkpoint,
     load_matching_state_dict,
@@ -225,7 +229,13 @@ def main(args: argparse.Namespace) -> dict:
                                   weight_decay=args.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
     data_loader_train, sampler_train, data_loader_val = _make_loaders(args, dataset_train, dataset_val)
-    base_ds = datasets.get_coco_api_from_dataset(dataset_val)
+    if args.dataset_file == "coco_panoptic":  # box and mask AP against the COCO instances of the same images
+        base_ds = datasets.get_coco_api_from_dataset(datasets.build_dataset("val", _as_coco_detection(args)))
+    else:
+        base_ds = datasets.get_coco_api_from_dataset(dataset_val)
+    if "panoptic" in postprocessors:  # things and stuff as the annotations define them
+        postprocessors["panoptic"] = PostProcessPanoptic(dataset_val.is_thing_map(),
+                                                         postprocessors["panoptic"].threshold)
 
     output_dir = Path(args.output_dir) if args.output_dir else None
     if args.auto_resume and not args.eval and output_dir is not None:
@@ -236,6 +246,14 @@ def main(args: argparse.Namespace) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
         dump_config(get_args_parser(), args, output_dir / "config.yaml")
 
+    def run_evaluation() -> tuple[dict, CocoEvaluator]:
+        panoptic_evaluator = None
+        if "panoptic" in postprocessors:
+            out = output_dir / "panoptic_eval" if output_dir is not None else Path(tempfile.mkdtemp(prefix="pq_"))
+            panoptic_evaluator = PanopticEvaluator(dataset_val.ann_file, dataset_val.ann_folder, output_dir=str(out))
+        return evaluate(model, criterion, postprocessors, data_loader_val, base_ds, device, args.print_freq,
+                        panoptic_evaluator=panoptic_evaluator)
+
     def finish_epoch(epoch: int, train_stats: dict) -> dict:
         """Evaluate when due and append the epoch's line to log.txt; returns the evaluation's stats or {}."""
         log_stats = {f"train_{k}": v for k, v in train_stats.items()}
@@ -244,8 +262,7 @@ def main(args: argparse.Namespace) -> dict:
             # Evaluation leaves the RNGs as it found them (its loader and transforms draw from them), so a run
             # resumed from this epoch's checkpoint trains exactly as the uninterrupted one.
             with preserved_rng_state():
-                test_stats, coco_evaluator = evaluate(model, criterion, postprocessors, data_loader_val, base_ds,
-                                                      device, args.print_freq)
+                test_stats, coco_evaluator = run_evaluation()
             log_stats.update({f"test_{k}": v for k, v in test_stats.items()})
             if output_dir is not None and is_main_process():
                 (output_dir / "eval").mkdir(exist_ok=True)
@@ -258,6 +275,18 @@ def main(args: argparse.Namespace) -> dict:
                 f.write(json.dumps(log_stats) + "\n")
         return test_stats
 
+    if args.frozen_weights:
+        # the official recipe: a trained box model, frozen, under a new mask head
+        checkpoint = load_checkpoint(args.frozen_weights, flag="--frozen_weights")
+        state = _model_state(checkpoint, "--frozen_weights")
+        if all(k.startswith("detr.") for k in state):  # a DETRsegm checkpoint: take its box model
+            state = {k[len("detr."):]: v for k, v in state.items()}
+        try:
+            model_without_ddp.detr.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"--frozen_weights {args.frozen_weights} does not fit the box model built from these "
+                             f"flags (backbone, hidden_dim, layers, num_queries, query_groups, num_classes ...): "
+                             f"{exc}") from exc
     if args.finetune_from:
         checkpoint = load_checkpoint(args.finetune_from, flag="--finetune_from")
         skipped, missing = load_matching_state_dict(model_without_ddp, _model_state(checkpoint, "--finetune_from"))
@@ -291,8 +320,7 @@ def main(args: argparse.Namespace) -> dict:
                     test_stats = finish_epoch(checkpoint["epoch"], checkpoint["train_stats"])
 
     if args.eval:
-        test_stats, coco_evaluator = evaluate(model, criterion, postprocessors, data_loader_val, base_ds, device,
-                                              args.print_freq)
+        test_stats, coco_evaluator = run_evaluation()
         if output_dir is not None and is_main_process():
             save_checkpoint(coco_evaluator.coco_eval["bbox"].eval, output_dir / "eval.pth")
         _print_ap(test_stats, output_dir)
@@ -363,12 +391,21 @@ def _plain(v) -> bool:
         isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float, str)) for x in v))
 
 
+def _as_coco_detection(args: argparse.Namespace) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), "dataset_file": "coco"})
+
+
 def _print_ap(stats: dict, output_dir: Path | None) -> None:
     if not is_main_process() or "coco_eval_bbox" not in stats:
         return
-    ap, ap50 = stats["coco_eval_bbox"][:2]
+    parts = [f"bbox AP = {stats['coco_eval_bbox'][0]:.3f}, AP50 = {stats['coco_eval_bbox'][1]:.3f}"]
+    if "coco_eval_masks" in stats:
+        parts.append(f"mask AP = {stats['coco_eval_masks'][0]:.3f}, AP50 = {stats['coco_eval_masks'][1]:.3f}")
+    if "PQ_all" in stats:
+        parts.append(f"PQ = {stats['PQ_all']['pq']:.3f} (things {stats['PQ_th']['pq']:.3f}, "
+                     f"stuff {stats['PQ_st']['pq']:.3f})")
     where = f"; outputs in {output_dir.resolve()}" if output_dir is not None else ""
-    print(f"bbox AP = {ap:.3f}, AP50 = {ap50:.3f}{where}", flush=True)
+    print("; ".join(parts) + where, flush=True)
 
 
 def _git_sha() -> str:

@@ -1,11 +1,12 @@
 """Datasets: ``build_dataset(image_set, args)`` picks one by ``args.dataset_file``.
 
-``datasets.synthetic`` writes a small COCO-layout dataset of shapes that every dataset builder here can read.
+``datasets.synthetic`` writes a small COCO-layout dataset of shapes that every dataset builder here can read
+(``--panoptic`` adds the COCO panoptic files that ``coco_panoptic`` reads).
 """
 import torch.utils.data
 from pycocotools.coco import COCO
 
-DATASET_CHOICES = ("coco",)  # "coco_panoptic" goes here once datasets/coco_panoptic.py exists
+DATASET_CHOICES = ("coco", "coco_panoptic")
 
 
 def get_coco_api_from_dataset(dataset) -> COCO:
@@ -24,5 +25,7 @@ def build_dataset(image_set: str, args):
     if args.dataset_file == "coco":
         from datasets.coco import build as build_coco
         return build_coco(image_set, args)
-    # "coco_panoptic" goes here: `from datasets.coco_panoptic import build; return build(image_set, args)`
+    if args.dataset_file == "coco_panoptic":
+        from datasets.coco_panoptic import build as build_coco_panoptic
+        return build_coco_panoptic(image_set, args)
     raise ValueError(f"--dataset_file {args.dataset_file!r} is not supported; choices: {list(DATASET_CHOICES)}")

@@ -55,14 +55,17 @@ class BackboneBase(nn.Module):
                     param.requires_grad_(True)
         # Frozen stages keep their normalisation statistics too (matters only for trainable BatchNorm).
         self._frozen = [m for stage in stages[: len(stages) - trainable_layers] for m in stage]
-        if return_interm_layers:
-            if last_layer != "layer4":
-                raise ValueError("--masks needs --feature_layer layer4")
-            return_layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
+        if return_interm_layers:  # for the mask head's FPN: layer1 .. last_layer
+            return_layers = {f"layer{i}": str(i - 1) for i in range(1, int(last_layer[-1]) + 1)}
         else:
             return_layers = {last_layer: "0"}
         self.body = IntermediateLayerGetter(backbone, return_layers=return_layers)
         self.num_channels = num_channels
+        # channels of each returned feature map, input side first (a ResNet stage's last conv sets them)
+        self.feature_channels = [num_channels]
+        if return_interm_layers:
+            self.feature_channels = [[m for m in getattr(backbone, name).modules() if isinstance(m, nn.Conv2d)][-1]
+                                     .out_channels for name in return_layers]
         self.attn = MaskedAttention(self.body, attention) if attention is not None else None
 
     def train(self, mode: bool = True) -> "BackboneBase":
@@ -120,6 +123,7 @@ class Joiner(nn.Sequential):
     def __init__(self, backbone: nn.Module, position_embedding: nn.Module):
         super().__init__(backbone, position_embedding)
         self.num_channels = backbone.num_channels
+        self.feature_channels = backbone.feature_channels
 
     def forward(self, tensor_list: NestedTensor) -> tuple[list[NestedTensor], list[torch.Tensor]]:
         xs = self[0](tensor_list)

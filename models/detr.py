@@ -1,5 +1,7 @@
 """DETR (Carion et al., "End-to-End Object Detection with Transformers", ECCV 2020, arXiv:2005.12872):
 the detector, its set-prediction loss and the post-processing to COCO boxes."""
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -7,6 +9,18 @@ from torch import nn
 from util.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
 from util.distributed import get_world_size, is_dist_avail_and_initialized
 from util.nested_tensor import NestedTensor, nested_tensor_from_tensor_list
+
+
+class DecodeResult(NamedTuple):
+    """One DETR forward pass: ``outputs`` (DETR.forward's dict), the backbone ``features`` (NestedTensors, input side
+    first), ``src_proj`` ``[B, D, h, w]`` (last feature map after the input projection), its padding ``mask``
+    ``[B, h, w]``, the last decoder layer ``hs`` ``[B, Q, D]`` and the encoder ``memory`` ``[B, D, h, w]``."""
+    outputs: dict
+    features: list
+    src_proj: torch.Tensor
+    mask: torch.Tensor
+    hs: torch.Tensor
+    memory: torch.Tensor
 
 
 class DETR(nn.Module):
@@ -42,6 +56,10 @@ class DETR(nn.Module):
         unpadded image) and, with aux loss, ``aux_outputs``: the same two keys for each earlier decoder layer.
         Training with query groups returns all groups' queries (Q * groups) and ``query_groups``.
         """
+        return self.decode(samples).outputs
+
+    def decode(self, samples: NestedTensor | list[torch.Tensor] | torch.Tensor) -> DecodeResult:
+        """The forward pass, keeping what a mask head needs besides the outputs (see DecodeResult)."""
         if isinstance(samples, (list, tuple)):
             samples = nested_tensor_from_tensor_list(list(samples))
         elif isinstance(samples, torch.Tensor):
@@ -51,7 +69,8 @@ class DETR(nn.Module):
         groups = self.query_groups if self.training else 1
         queries = self.query_embed.weight[: self.num_queries * groups]
         query_mask = self._group_mask(groups, queries.device) if groups > 1 else None
-        hs = self.transformer(self.input_proj(src), mask, queries, pos[-1], query_mask)[0]
+        src_proj = self.input_proj(src)
+        hs, memory = self.transformer(src_proj, mask, queries, pos[-1], query_mask)
         outputs_class = self.class_embed(hs)
         outputs_coord = self.bbox_embed(hs).sigmoid()
         out = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
@@ -59,7 +78,7 @@ class DETR(nn.Module):
             out["aux_outputs"] = self._set_aux_loss(outputs_class, outputs_coord)
         if groups > 1:
             out["query_groups"] = groups
-        return out
+        return DecodeResult(out, features, src_proj, mask, hs[-1], memory)
 
     def _group_mask(self, groups: int, device: torch.device) -> torch.Tensor:
         """``[Q*G, Q*G]`` bool, True between queries of different groups (blocked in self-attention)."""
@@ -77,7 +96,8 @@ class SetCriterion(nn.Module):
     Losses (``losses`` picks among them): ``labels`` -> ``loss_ce`` (cross-entropy, no-object weighted by
     ``eos_coef``) and logged ``class_error`` (%); ``cardinality`` -> ``cardinality_error`` (logged, no gradient);
     ``boxes`` -> ``loss_bbox`` (L1) and ``loss_giou`` (1 - GIoU), both summed over matches and divided by the
-    number of target boxes averaged over processes. With aux outputs every loss is repeated per earlier decoder
+    number of target boxes averaged over processes; ``masks`` -> ``loss_mask`` (focal) and ``loss_dice`` (see
+    loss_masks; last decoder layer only). With aux outputs every loss is repeated per earlier decoder
     layer with suffix ``_0``, ``_1``, ...
     """
 
@@ -123,6 +143,22 @@ class SetCriterion(nn.Module):
         loss_giou = 1 - paired_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes))
         return {"loss_bbox": loss_bbox.sum() / num_boxes, "loss_giou": loss_giou.sum() / num_boxes}
 
+    def loss_masks(self, outputs, targets, indices, num_boxes) -> dict:
+        """Focal (``loss_mask``) and DICE (``loss_dice``) losses of matched ``pred_masks`` ``[B, Q, h, w]`` against
+        target ``masks`` ``[T_i, H_i, W_i]``, upsampled to the padded batch size (padding counts as background)."""
+        from models.segmentation import dice_loss, sigmoid_focal_loss
+
+        src_masks = outputs["pred_masks"][self._get_src_permutation_idx(indices)]
+        height = max(t["masks"].shape[-2] for t in targets)
+        width = max(t["masks"].shape[-1] for t in targets)
+        target_masks = torch.cat([_pad_to(t["masks"][j], height, width) for t, (_, j) in zip(targets, indices)])
+        target_masks = target_masks.to(src_masks)
+        src_masks = F.interpolate(src_masks[:, None], size=(height, width), mode="bilinear", align_corners=False)
+        src_masks = src_masks[:, 0].flatten(1)
+        target_masks = target_masks.flatten(1)
+        return {"loss_mask": sigmoid_focal_loss(src_masks, target_masks, num_boxes),
+                "loss_dice": dice_loss(src_masks, target_masks, num_boxes)}
+
     def _get_src_permutation_idx(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
         src_idx = torch.cat([src for (src, _) in indices])
@@ -134,7 +170,8 @@ class SetCriterion(nn.Module):
         return batch_idx, tgt_idx
 
     def get_loss(self, loss, outputs, targets, indices, num_boxes, **kwargs) -> dict:
-        loss_map = {"labels": self.loss_labels, "cardinality": self.loss_cardinality, "boxes": self.loss_boxes}
+        loss_map = {"labels": self.loss_labels, "cardinality": self.loss_cardinality, "boxes": self.loss_boxes,
+                    "masks": self.loss_masks}
         if loss not in loss_map:
             raise ValueError(f"unknown loss {loss!r}; choose from {sorted(loss_map)}")
         return loss_map[loss](outputs, targets, indices, num_boxes, **kwargs)
@@ -162,6 +199,8 @@ class SetCriterion(nn.Module):
             aux_outputs = {**aux_outputs, "query_groups": groups}
             indices = self.matcher(aux_outputs, targets, groups)
             for loss in self.losses:
+                if loss == "masks":  # only the last decoder layer predicts masks
+                    continue
                 kwargs = {"log": False} if loss == "labels" else {}
                 l_dict = self.get_loss(loss, aux_outputs, targets, indices, num_boxes, **kwargs)
                 losses.update({f"{k}_{i}": v for k, v in l_dict.items()})
@@ -203,6 +242,11 @@ class MLP(nn.Module):
         return x
 
 
+def _pad_to(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Zero-pad ``[N, h, w]`` at the bottom/right to ``[N, height, width]``."""
+    return F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2]))
+
+
 @torch.no_grad()
 def accuracy(output: torch.Tensor, target: torch.Tensor, topk: tuple = (1,)) -> list[torch.Tensor]:
     """Top-k accuracy in percent of logits ``[N, K]`` against labels ``[N]``; 0 when N = 0."""
@@ -218,22 +262,32 @@ def build(args) -> tuple[nn.Module, nn.Module, dict]:
     """DETR, its criterion and post-processors from parsed flags; ``args.num_classes`` must be set."""
     from models.backbone import build_backbone
     from models.matcher import build_matcher
+    from models.segmentation import DETRsegm, PostProcessPanoptic, PostProcessSegm
     from models.transformer import build_transformer
 
-    if args.masks:
-        raise NotImplementedError("--masks: the segmentation head (DETRsegm) is not part of this build yet")
     if args.num_classes is None or args.num_classes < 1:
         raise ValueError(f"--num_classes must be a positive integer, got {args.num_classes}")
     device = torch.device(args.device)
     model = DETR(build_backbone(args), build_transformer(args), num_classes=args.num_classes,
                  num_queries=args.num_queries, aux_loss=args.aux_loss, query_groups=args.query_groups)
+    if args.masks:
+        model = DETRsegm(model, freeze_detr=args.frozen_weights is not None)
     weight_dict = {"loss_ce": 1, "loss_bbox": args.bbox_loss_coef, "loss_giou": args.giou_loss_coef}
+    if args.masks:
+        weight_dict.update({"loss_mask": args.mask_loss_coef, "loss_dice": args.dice_loss_coef})
     if args.aux_loss:
         aux_weight_dict = {}
         for i in range(args.dec_layers - 1):
             aux_weight_dict.update({f"{k}_{i}": v for k, v in weight_dict.items()})
         weight_dict.update(aux_weight_dict)
     criterion = SetCriterion(args.num_classes, matcher=build_matcher(args), weight_dict=weight_dict,
-                             eos_coef=args.eos_coef, losses=["labels", "boxes", "cardinality"])
+                             eos_coef=args.eos_coef,
+                             losses=["labels", "boxes", "cardinality"] + (["masks"] if args.masks else []))
     criterion.to(device)
-    return model, criterion, {"bbox": PostProcess()}
+    postprocessors = {"bbox": PostProcess()}
+    if args.masks:
+        postprocessors["segm"] = PostProcessSegm()
+        if args.dataset_file == "coco_panoptic":
+            # COCO panoptic: ids 1..90 are things, 92..200 stuff; main.py takes the map from the dataset instead
+            postprocessors["panoptic"] = PostProcessPanoptic({i: i <= 90 for i in range(201)}, threshold=0.85)
+    return model, criterion, postprocessors

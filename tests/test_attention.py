@@ -98,7 +98,9 @@ def test_padding_float32(name):
     y = block(x, mask)
     for i, image in enumerate(images):
         h, w = image.shape[-2:]
-        torch.testing.assert_close(y[i:i + 1, :, :h, :w], block(image), rtol=1e-5, atol=1e-5)
+        # float32 sums in a different order (batch vs single image, thread scheduling) differ by ~1e-5; garbage
+        # leaking in from the padding (values ~50) would differ by orders of magnitude more
+        torch.testing.assert_close(y[i:i + 1, :, :h, :w], block(image), rtol=1e-4, atol=1e-4)
 
 
 def test_masked_pooling_helpers():
