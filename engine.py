@@ -11,7 +11,7 @@ from util.distributed import broadcast_object, is_main_process, reduce_dict
 from util.metric_logger import MetricLogger, SmoothedValue
 
 STATS_NAMES = {"bbox": "bbox", "segm": "masks"}  # the official log's keys: coco_eval_bbox, coco_eval_masks
-PROGRESS_METERS = ("lr", "loss", "loss_ce", "loss_bbox", "loss_giou", "class_error")
+PROGRESS_METERS = ("lr", "loss", "loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "class_error")
 
 
 class NonFiniteLossError(RuntimeError):

@@ -8,8 +8,8 @@ import torch
 
 from models.backbone import Backbone, Joiner
 from models.detr import DETR, PostProcess
-from models.segmentation import DETRsegm, PostProcessPanoptic
 from models.position_encoding import PositionEmbeddingSine
+from models.segmentation import DETRsegm, PostProcessPanoptic
 from models.transformer import Transformer
 from util.checkpoint import load_checkpoint
 

@@ -7,7 +7,9 @@ Usage: python benchmarks/attention_ablation.py [--blocks none gc ca ...] [--seed
 Writes the table between the ablation markers of benchmarks/RESULTS.md and a plot of AP against GFLOPs and training
 speed to benchmarks/attention_ablation.png, both updated after every block. Each run of the full preset takes about
 9 minutes on 2 CPU cores. Rerunning with the same --out skips the blocks already in its ablation.json that were run
-with the same seeds and schedule, so an interrupted ablation continues.
+with the same seeds and schedule, so an interrupted ablation continues, and adding seeds trains only the new ones;
+``--remeasure_cost`` re-times the blocks already trained (speeds are only comparable when taken on an otherwise idle
+machine).
 """
 import argparse
 import json
@@ -31,6 +33,7 @@ from util.config import parse_args_with_config  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PRESET = HERE.parent / "configs" / "demo_cpu.yaml"
+COST_KEYS = ("params", "gflops", "train_img_per_s", "infer_img_per_s")
 BEGIN, END = "<!-- attention-ablation:begin -->", "<!-- attention-ablation:end -->"
 
 
@@ -48,9 +51,18 @@ def gflops(args: argparse.Namespace) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def run_block(block: str, seeds: list[int], common: list[str], out: Path) -> dict:
+def run_block(block: str, seeds: list[int], common: list[str], out: Path, previous: dict | None = None) -> dict:
+    """Train ``block`` once per seed (reusing the seeds of ``previous``, an earlier row with the same schedule)."""
+    known = {}
+    if previous is not None:
+        known = {s: (a, a50, m) for s, a, a50, m in zip(previous["seeds"], previous["ap"], previous["ap50"],
+                                                        previous["minutes"])}
     aps, ap50s, minutes = [], [], []
     for seed in seeds:
+        if seed in known:
+            for values, value in zip((aps, ap50s, minutes), known[seed]):
+                values.append(value)
+            continue
         run_dir = out / f"{block}_seed{seed}"
         shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted earlier run of this block starts over
         args = preset_args(block, [*common, "--seed", str(seed), "--output_dir", str(run_dir)])
@@ -59,12 +71,17 @@ def run_block(block: str, seeds: list[int], common: list[str], out: Path) -> dic
         minutes.append((time.time() - start) / 60)
         aps.append(stats["coco_eval_bbox"][0])
         ap50s.append(stats["coco_eval_bbox"][1])
+    costs = {k: previous[k] for k in COST_KEYS} if previous is not None else cost(block, common)
+    return {"block": block, "seeds": seeds, "ap": aps, "ap50": ap50s, "minutes": minutes, **costs}
+
+
+def cost(block: str, common: list[str]) -> dict:
+    """Trainable parameters, GFLOPs and training/inference images/s of the preset with ``block``."""
     args = preset_args(block, common)
     args.num_classes = 12
     model, _, _ = build_model(args)
     speed = measure(args, iters=20, warmup=3)
-    return {"block": block, "seeds": seeds, "ap": aps, "ap50": ap50s, "minutes": minutes,
-            "params": sum(p.numel() for p in model.parameters() if p.requires_grad), "gflops": gflops(args),
+    return {"params": sum(p.numel() for p in model.parameters() if p.requires_grad), "gflops": gflops(args),
             "train_img_per_s": speed["train_img_per_s"], "infer_img_per_s": speed["infer_img_per_s"]}
 
 
@@ -76,11 +93,12 @@ def _mean_sd(values: list[float]) -> str:
 
 def table(rows: list[dict], command: str) -> str:
     lines = [BEGIN, f"Command: `{command}` on {hardware(torch.device('cpu'))}, torch {torch.__version__}; "
-             f"seeds {rows[0]['seeds']} (mean ± sd over seeds where several).", "",
-             "| block | AP | AP50 | params | GFLOPs (128 px) | train img/s | infer img/s | minutes/run |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "AP and AP50 are mean ± sd over the seeds listed where several.", "",
+             "| block | seeds | AP | AP50 | params | GFLOPs (128 px) | train img/s | infer img/s | minutes/run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['block']} | {_mean_sd(r['ap'])} | {_mean_sd(r['ap50'])} | {r['params']:,} | "
+        seeds = " ".join(str(seed) for seed in r["seeds"])
+        lines.append(f"| {r['block']} | {seeds} | {_mean_sd(r['ap'])} | {_mean_sd(r['ap50'])} | {r['params']:,} | "
                      f"{r['gflops']:.4f} | {r['train_img_per_s']:.1f} | {r['infer_img_per_s']:.1f} | "
                      f"{statistics.mean(r['minutes']):.1f} |")
     return "\n".join(lines + ["", "![AP against cost](attention_ablation.png)", END])
@@ -126,6 +144,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--lr_drop", type=int, default=None)
     parser.add_argument("--data", default="data/synthetic")
     parser.add_argument("--out", default="outputs/ablation")
+    parser.add_argument("--remeasure_cost", action="store_true",
+                        help="measure parameters, GFLOPs and speeds again for the blocks already trained (run it on an "
+                             "otherwise idle machine: speeds taken while other work shared the cores are too low)")
     args = parser.parse_args(argv)
     data = generate(args.data, num_train=2000, num_val=200, image_size=128, seed=0)
     common = ["--coco_path", str(data), "--print_freq", "1000"]
@@ -141,13 +162,21 @@ def main(argv=None) -> list[dict]:
     for block in args.blocks:
         previous = done.get(block)
         if previous is not None and previous["seeds"] == args.seeds and previous.get("common") == common:
+            if args.remeasure_cost:
+                previous.update(cost(block, common))
+                record.write_text(json.dumps(list({**done, block: previous}.values()), indent=1))
             rows.append(previous)
             continue
-        rows.append({**run_block(block, args.seeds, common, out), "common": common})
+        same_schedule = previous if previous is not None and previous.get("common") == common else None
+        rows.append({**run_block(block, args.seeds, common, out, same_schedule), "common": common})
         out.mkdir(parents=True, exist_ok=True)
         everything = list({**done, **{r["block"]: r for r in rows}}.values())
         record.write_text(json.dumps(everything, indent=1))
         write_results(everything, command)
+        plot(everything, HERE / "attention_ablation.png")
+    if args.remeasure_cost:
+        everything = list({**done, **{r["block"]: r for r in rows}}.values())
+        write_results(everything, command.replace(" --remeasure_cost", ""))
         plot(everything, HERE / "attention_ablation.png")
     print(table(rows, command))
     return rows

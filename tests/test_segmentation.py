@@ -249,3 +249,28 @@ def test_postprocess_panoptic_aligns_images_smaller_than_the_padded_batch():
     by_cat = {s["category_id"]: s["id"] for s in out["segments_info"]}
     assert (ids[:, :16] == by_cat[1]).all() and (ids[:, 16:] == by_cat[2]).all()
     assert math.isclose(sum(s["area"] for s in out["segments_info"]), 32 * 32)
+
+
+def test_official_import_paths_keep_working():
+    from hubconf import detr_resnet50_panoptic
+    from util import box_ops
+    from util.misc import NestedTensor, nested_tensor_from_tensor_list
+
+    nested = nested_tensor_from_tensor_list([torch.zeros(3, 4, 5), torch.zeros(3, 2, 6)])
+    assert isinstance(nested, NestedTensor) and nested.tensors.shape == (2, 3, 4, 6)
+    assert callable(box_ops.generalized_box_iou) and callable(detr_resnet50_panoptic)
+
+
+def test_hub_panoptic_example_of_the_official_readme():
+    """The official notebook's call: one image, sizes as a [1, 2] tensor, PNG bytes and segments out."""
+    torch.manual_seed(0)
+    model, postprocessor = hubconf.detr_resnet50_panoptic(pretrained=False, threshold=0.0, return_postprocessor=True)
+    model.eval()
+    image = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        out = model(image)
+    assert out["pred_masks"].shape == (1, 100, 24, 32)
+    result = postprocessor(out, torch.as_tensor(image.shape[-2:]).unsqueeze(0))[0]
+    ids = _decode(result)
+    assert ids.shape == (96, 128)
+    assert {int(i) for i in np.unique(ids)} <= {s["id"] for s in result["segments_info"]}
