@@ -31,7 +31,7 @@ from util.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from util.config import ConfigError, dump_config, parse_args_with_config
+from util.config import ConfigError, dump_config, is_plain, parse_args_with_config
 from util.distributed import all_gather, barrier, broadcast_object, get_rank, init_distributed_mode, is_main_process
 from util.nested_tensor import collate_fn
 
@@ -379,16 +379,11 @@ def _save_training_state(output_dir: Path, model, optimizer, lr_scheduler, epoch
             paths.append(output_dir / f"checkpoint{epoch:04}.pth")
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch,
-                 "args": {k: v for k, v in vars(args).items() if _plain(v)}, "rng_state": rng_states,
+                 "args": {k: v for k, v in vars(args).items() if is_plain(v)}, "rng_state": rng_states,
                  "train_stats": train_stats}
         for path in paths:
             save_checkpoint(state, path)
     barrier()
-
-
-def _plain(v) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str)) or (
-        isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float, str)) for x in v))
 
 
 def _as_coco_detection(args: argparse.Namespace) -> argparse.Namespace:

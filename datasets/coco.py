@@ -39,18 +39,6 @@ def _read_annotation_json(ann_file: Path) -> dict:
         raise ValueError(f"annotation file {ann_file} is not valid JSON: {e}") from e
 
 
-def infer_num_classes(ann_file: str | Path) -> int:
-    """DETR's ``num_classes`` for an annotation file: the largest category id + 1 (91 for COCO 2017).
-
-    Category ids index the classifier directly, so unused ids below the maximum still count.
-    """
-    data = _read_annotation_json(Path(ann_file))
-    ids = [c["id"] for c in data.get("categories", [])] + [a["category_id"] for a in data.get("annotations", [])]
-    if not ids:
-        raise ValueError(f"annotation file {ann_file} has no categories and no annotations to count classes from")
-    return max(ids) + 1
-
-
 def convert_coco_poly_to_mask(segmentations: list, height: int, width: int) -> torch.Tensor:
     """COCO segmentations (polygon lists, uncompressed or compressed RLE) -> uint8 masks ``[N, height, width]``."""
     masks = []

@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from datasets import build_dataset, get_coco_api_from_dataset
-from datasets.coco import CocoDetection, build, infer_num_classes, make_coco_transforms
+from datasets.coco import CocoDetection, build, make_coco_transforms
 from datasets.synthetic import generate
 
 # pycocotools' mask decoding warns about numpy 2 on every call
@@ -133,7 +133,9 @@ def test_synthetic_has_empty_images_and_noncontiguous_ids(synthetic):
     assert 1 <= len(empty) <= 0.3 * len(data["images"])
     ids = sorted(c["id"] for c in data["categories"])
     assert ids != list(range(1, len(ids) + 1)) and max(ids) + 1 > len(ids)
-    assert infer_num_classes(synthetic / "annotations/instances_train2017.json") == 12
+    dataset = CocoDetection(synthetic / "train2017", synthetic / "annotations/instances_train2017.json", None,
+                            return_masks=False)
+    assert dataset.num_classes() == 12
 
 
 def test_synthetic_max_objects_zero_gives_only_empty_images(tmp_path):
@@ -267,9 +269,9 @@ def test_crowd_excluded_degenerate_dropped_boxes_clipped(tmp_path):
             assert empty["masks"].shape == (0, 30, 40)
 
 
-def test_infer_num_classes_is_max_id_plus_one(tmp_path):
-    ann_file = _handmade(tmp_path, [_box_ann(1, [5, 5, 10, 10], category_id=2)])
-    assert infer_num_classes(ann_file) == 8  # categories 1, 2, 7
+def test_num_classes_is_max_id_plus_one(tmp_path):
+    _handmade(tmp_path, [_box_ann(1, [5, 5, 10, 10], category_id=2)])
+    assert build("train", _args(tmp_path)).num_classes() == 8  # categories 1, 2, 7
 
 
 # ---------------------------------------------------------------- errors name the path or flag
@@ -302,9 +304,6 @@ def test_corrupt_annotation_file(tmp_path):
     ann_file.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON") as err:
         build("train", _args(tmp_path))
-    assert str(ann_file) in str(err.value)
-    with pytest.raises(ValueError) as err:
-        infer_num_classes(ann_file)
     assert str(ann_file) in str(err.value)
 
 

@@ -82,10 +82,13 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | No
 def dump_config(parser: argparse.ArgumentParser, args: argparse.Namespace, path: str | Path) -> None:
     """Write the resolved flags as a flat YAML preset, loadable again with ``--config``."""
     flags = _actions_by_dest(parser)
-    values = {k: getattr(args, k) for k in sorted(flags) if k != "config" and _yaml_friendly(getattr(args, k))}
+    values = {k: getattr(args, k) for k in sorted(flags) if k != "config" and is_plain(getattr(args, k))}
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}  # YAML safe-dump has no tuples
     Path(path).write_text(yaml.safe_dump(values, sort_keys=True))
 
 
-def _yaml_friendly(v) -> bool:
+def is_plain(v) -> bool:
+    """None, a bool/int/float/str, or a list or tuple of those: a value JSON, YAML and ``weights_only`` loading
+    all accept."""
     return v is None or isinstance(v, (bool, int, float, str)) or (
-        isinstance(v, list) and all(isinstance(x, (bool, int, float, str)) for x in v))
+        isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float, str)) for x in v))
