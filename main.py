@@ -6,6 +6,7 @@ import argparse
 import datetime
 import json
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -138,8 +139,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.frozen_weights is not None and not args.masks:
+    if args.frozen_weights and not args.masks:
         raise ValueError("--frozen_weights is only for training the segmentation head: add --masks")
+    if args.frozen_weights and args.finetune_from:
+        raise ValueError("--frozen_weights and --finetune_from are exclusive: the first sets (and freezes) the box "
+                         "model, the second would overwrite it")
     if args.resume and args.finetune_from:
         raise ValueError("--resume and --finetune_from are exclusive: resume continues a run, finetune starts one")
     if not args.coco_path:
@@ -158,7 +162,8 @@ def build_param_groups(model: torch.nn.Module, lr_backbone: float, lr_attn: floa
     """AdamW groups decided by module identity, never by parameter name: everything outside the backbone
     (default lr), the backbone (``lr_backbone``), and when present the backbone attention blocks (``lr_attn``),
     whose scales, norms and biases (parameters with at most one dimension) get no weight decay."""
-    attn_params = [p for m in model.modules() if isinstance(m, MaskedAttention) for p in m.parameters()]
+    attn_params = [p for m in model.modules() if isinstance(m, MaskedAttention) for p in m.parameters()
+                   if p.requires_grad]
     attn_ids = {id(p) for p in attn_params}
     backbone_ids = {id(p) for p in model.backbone.parameters()} - attn_ids
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -247,12 +252,18 @@ def main(args: argparse.Namespace) -> dict:
         dump_config(get_args_parser(), args, output_dir / "config.yaml")
 
     def run_evaluation() -> tuple[dict, CocoEvaluator]:
-        panoptic_evaluator = None
-        if "panoptic" in postprocessors:
-            out = output_dir / "panoptic_eval" if output_dir is not None else Path(tempfile.mkdtemp(prefix="pq_"))
-            panoptic_evaluator = PanopticEvaluator(dataset_val.ann_file, dataset_val.ann_folder, output_dir=str(out))
-        return evaluate(model, criterion, postprocessors, data_loader_val, base_ds, device, args.print_freq,
-                        panoptic_evaluator=panoptic_evaluator)
+        if "panoptic" not in postprocessors:
+            return evaluate(model, criterion, postprocessors, data_loader_val, base_ds, device, args.print_freq)
+        # predicted PNGs go to OUTPUT_DIR/panoptic_eval, else to a temporary folder all processes share
+        temporary = output_dir is None
+        folder = output_dir / "panoptic_eval" if not temporary else Path(
+            broadcast_object(tempfile.mkdtemp(prefix="panoptic_eval_") if is_main_process() else None))
+        panoptic_evaluator = PanopticEvaluator(dataset_val.ann_file, dataset_val.ann_folder, output_dir=str(folder))
+        result = evaluate(model, criterion, postprocessors, data_loader_val, base_ds, device, args.print_freq,
+                          panoptic_evaluator=panoptic_evaluator)
+        if temporary and is_main_process():  # evaluate() returns after the main process has read every PNG
+            shutil.rmtree(folder, ignore_errors=True)
+        return result
 
     def finish_epoch(epoch: int, train_stats: dict) -> dict:
         """Evaluate when due and append the epoch's line to log.txt; returns the evaluation's stats or {}."""
@@ -275,21 +286,23 @@ def main(args: argparse.Namespace) -> dict:
                 f.write(json.dumps(log_stats) + "\n")
         return test_stats
 
-    if args.frozen_weights:
+    if args.frozen_weights and not args.resume:  # (a resumed run's checkpoint holds the frozen box model too)
         # the official recipe: a trained box model, frozen, under a new mask head
         checkpoint = load_checkpoint(args.frozen_weights, flag="--frozen_weights")
-        state = _model_state(checkpoint, "--frozen_weights")
-        if all(k.startswith("detr.") for k in state):  # a DETRsegm checkpoint: take its box model
-            state = {k[len("detr."):]: v for k, v in state.items()}
+        state = _state_for(model_without_ddp.detr, _model_state(checkpoint, "--frozen_weights"))
         try:
             model_without_ddp.detr.load_state_dict(state)
         except RuntimeError as exc:
             raise ValueError(f"--frozen_weights {args.frozen_weights} does not fit the box model built from these "
-                             f"flags (backbone, hidden_dim, layers, num_queries, query_groups, num_classes ...): "
-                             f"{exc}") from exc
+                             f"flags (backbone, hidden_dim, layers, num_queries, query_groups, num_classes ...)"
+                             f"{_class_count_hint(state, args)}: {exc}") from exc
     if args.finetune_from:
         checkpoint = load_checkpoint(args.finetune_from, flag="--finetune_from")
-        skipped, missing = load_matching_state_dict(model_without_ddp, _model_state(checkpoint, "--finetune_from"))
+        state = _state_for(model_without_ddp, _model_state(checkpoint, "--finetune_from"))
+        skipped, missing = load_matching_state_dict(model_without_ddp, state)
+        if len(skipped) == len(state):
+            raise ValueError(f"--finetune_from {args.finetune_from}: no entry of the checkpoint fits this model "
+                             f"(e.g. {skipped[:3]})")
         print(f"--finetune_from {args.finetune_from}: skipped {len(skipped)} entries: {skipped}; "
               f"left at initialisation: {missing}", flush=True)
     test_stats = {}  # the last evaluation's stats
@@ -299,7 +312,8 @@ def main(args: argparse.Namespace) -> dict:
             model_without_ddp.load_state_dict(_model_state(checkpoint, "--resume"))
         except RuntimeError as exc:
             raise ValueError(f"--resume {args.resume} does not fit the model built from these flags "
-                             f"(backbone, hidden_dim, layers, num_queries, num_classes ...): {exc}") from exc
+                             f"(backbone, hidden_dim, layers, num_queries, num_classes, --masks ...)"
+                             f"{_class_count_hint(_model_state(checkpoint, '--resume'), args)}: {exc}") from exc
         if not args.eval and all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
             try:
                 optimizer.load_state_dict(checkpoint["optimizer"])
@@ -351,6 +365,27 @@ def main(args: argparse.Namespace) -> dict:
     print(f"Training time {total_time}", flush=True)
     _print_ap(test_stats, output_dir)
     return test_stats
+
+
+def _state_for(model: torch.nn.Module, state: dict) -> dict:
+    """A checkpoint's model entries named for ``model``: a box model's under a mask head gain the ``detr.`` prefix;
+    a segmentation checkpoint's box model (its ``detr.`` entries) loads into a plain DETR."""
+    wants_prefix = any(k.startswith("detr.") for k in model.state_dict())
+    has_prefix = any(k.startswith("detr.") for k in state)
+    if wants_prefix and not has_prefix:
+        return {f"detr.{k}": v for k, v in state.items()}
+    if has_prefix and not wants_prefix:
+        return {k[len("detr."):]: v for k, v in state.items() if k.startswith("detr.")}
+    return state
+
+
+def _class_count_hint(state: dict, args: argparse.Namespace) -> str:
+    """'; the checkpoint has N classes: add --num_classes N' when the classifier's size is what differs."""
+    bias = next((v for k, v in state.items() if k.endswith("class_embed.bias")), None)
+    if bias is None or bias.shape[0] - 1 == args.num_classes:
+        return ""
+    return (f"; the checkpoint has {bias.shape[0] - 1} classes and this run {args.num_classes}: add --num_classes "
+            f"{bias.shape[0] - 1}")
 
 
 def _model_state(checkpoint: dict, flag: str) -> dict:

@@ -318,8 +318,10 @@ class PanopticEvaluator:
             annotation.setdefault("file_name", f"{image_id:012d}.png")
             if image_id in self._digests:
                 continue
-            with open(os.path.join(self.output_dir, annotation["file_name"]), "wb") as f:
+            path = os.path.join(self.output_dir, annotation["file_name"])
+            with open(f"{path}.{os.getpid()}.tmp", "wb") as f:  # whole files only: processes may share an image
                 f.write(png)
+            os.replace(f"{path}.{os.getpid()}.tmp", path)
             self._digests[image_id] = hashlib.sha1(png).hexdigest()
             self.predictions.append(annotation)
 

@@ -271,7 +271,7 @@ def build(args) -> tuple[nn.Module, nn.Module, dict]:
     model = DETR(build_backbone(args), build_transformer(args), num_classes=args.num_classes,
                  num_queries=args.num_queries, aux_loss=args.aux_loss, query_groups=args.query_groups)
     if args.masks:
-        model = DETRsegm(model, freeze_detr=args.frozen_weights is not None)
+        model = DETRsegm(model, freeze_detr=bool(args.frozen_weights))
     weight_dict = {"loss_ce": 1, "loss_bbox": args.bbox_loss_coef, "loss_giou": args.giou_loss_coef}
     if args.masks:
         weight_dict.update({"loss_mask": args.mask_loss_coef, "loss_dice": args.dice_loss_coef})

@@ -41,9 +41,16 @@ def test_box_stage_trains_on_things_and_stuff(box_model):
     assert state["class_embed.bias"].shape == (22,)  # synthetic panoptic category ids go up to 20 (stuff)
 
 
-def test_mask_stage_keeps_the_box_model_and_reports_pq(tiny_panoptic, box_model, tmp_path):
+@pytest.fixture(scope="module")
+def mask_model(tiny_panoptic, box_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("masks")
+    stats = detr_main.main(_args(tiny_panoptic, out, "--masks", "--frozen_weights", str(box_model[0])))
+    return out, stats
+
+
+def test_mask_stage_keeps_the_box_model_and_reports_pq(tiny_panoptic, box_model, mask_model):
     checkpoint, _ = box_model
-    stats = detr_main.main(_args(tiny_panoptic, tmp_path, "--masks", "--frozen_weights", str(checkpoint)))
+    tmp_path, stats = mask_model
     for key in ("PQ_all", "PQ_th", "PQ_st"):
         assert set(stats[key]) == {"pq", "sq", "rq", "n"} and 0 <= stats[key]["pq"] <= 1
     assert stats["PQ_th"]["n"] == 5 and stats["PQ_st"]["n"] == 3
@@ -80,3 +87,26 @@ def test_instance_masks_on_coco_detection_data(tiny_coco, tmp_path):
     assert len(stats["coco_eval_masks"]) == 12 and "PQ_all" not in stats
     log = json.loads((tmp_path / "log.txt").read_text().splitlines()[-1])
     assert "train_loss_mask" in log and "train_loss_dice" in log
+
+
+def test_checkpoints_move_between_box_and_segmentation_models(tiny_panoptic, box_model, mask_model, tmp_path):
+    box_state = torch.load(box_model[0], weights_only=True)["model"]
+    segm_checkpoint = mask_model[0] / "checkpoint.pth"
+    # a segmentation checkpoint's box model as --frozen_weights (e.g. the official panoptic files), evaluated
+    stats = detr_main.main(_args(tiny_panoptic, tmp_path / "a", "--masks", "--frozen_weights", str(segm_checkpoint),
+                                 "--eval"))
+    assert "PQ_all" in stats
+    # a box checkpoint fine-tuned into a mask model loads into its box part
+    args = _args(tiny_panoptic, tmp_path / "b", "--masks", "--finetune_from", str(box_model[0]), "--lr", "0",
+                 "--lr_backbone", "0")
+    detr_main.main(args)
+    tuned = torch.load(tmp_path / "b" / "checkpoint.pth", weights_only=True)["model"]
+    torch.testing.assert_close(tuned["detr.class_embed.weight"], box_state["class_embed.weight"])
+
+
+def test_class_count_mismatch_says_which_num_classes(tiny_panoptic, box_model, tmp_path):
+    with pytest.raises(ValueError, match="the checkpoint has 21 classes and this run 30: add --num_classes 21"):
+        detr_main.main(_args(tiny_panoptic, tmp_path, "--eval", "--resume", str(box_model[0]), "--num_classes", "30"))
+    with pytest.raises(ValueError, match="exclusive"):
+        detr_main.main(_args(tiny_panoptic, tmp_path, "--masks", "--frozen_weights", str(box_model[0]),
+                             "--finetune_from", str(box_model[0])))
