@@ -92,8 +92,9 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def table(rows: list[dict], command: str) -> str:
-    lines = [BEGIN, f"Command: `{command}` on {hardware(torch.device('cpu'))}, torch {torch.__version__}; "
-             "AP and AP50 are mean ± sd over the seeds listed where several.", "",
+    lines = [BEGIN, f"Each row: `python benchmarks/attention_ablation.py --blocks BLOCK --seeds SEEDS {command}` on "
+             f"{hardware(torch.device('cpu'))}, torch {torch.__version__}; AP and AP50 are mean ± sd over the seeds "
+             "listed where several; costs re-measured on an idle machine with `--remeasure_cost`.", "",
              "| block | seeds | AP | AP50 | params | GFLOPs (128 px) | train img/s | infer img/s | minutes/run |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -156,8 +157,8 @@ def main(argv=None) -> list[dict]:
     out = Path(args.out)
     record = out / "ablation.json"
     done = {r["block"]: r for r in json.loads(record.read_text())} if record.is_file() else {}
-    flags = " ".join(argv if argv is not None else sys.argv[1:])
-    command = f"python benchmarks/attention_ablation.py {flags}".strip()
+    command = f"--data {args.data} --out {args.out}" + "".join(
+        f" --{flag} {getattr(args, flag)}" for flag in ("epochs", "lr_drop") if getattr(args, flag) is not None)
     rows = []
     for block in args.blocks:
         previous = done.get(block)
@@ -176,7 +177,7 @@ def main(argv=None) -> list[dict]:
         plot(everything, HERE / "attention_ablation.png")
     if args.remeasure_cost:
         everything = list({**done, **{r["block"]: r for r in rows}}.values())
-        write_results(everything, command.replace(" --remeasure_cost", ""))
+        write_results(everything, command)
         plot(everything, HERE / "attention_ablation.png")
     print(table(rows, command))
     return rows
