@@ -73,7 +73,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "inside residual blocks, the last stage for stage-output blocks)")
     parser.add_argument("--attn_position", default=None, choices=("block", "stage"),
                         help="inside every residual block, or once on each stage's output (default: the block's)")
-    parser.add_argument("--lr_attn", default=1e-4, type=float, help="learning rate of the backbone attention blocks")
+    parser.add_argument("--lr_attn", default=1e-4, type=float,
+                        help="learning rate of the backbone attention blocks (1e-4: see benchmarks/RESULTS.md)")
     parser.add_argument("--feature_layer", default="layer4", choices=("layer3", "layer4"),
                         help="backbone stage feeding the transformer: layer4 (stride 32, DETR) or layer3 (stride 16)")
     # * Transformer
