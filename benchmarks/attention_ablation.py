@@ -127,12 +127,13 @@ def plot(rows: list[dict], path: Path) -> None:
                            (axes[1], "train_img_per_s", "training images/s (2 CPU cores)")):
         for r in rows:
             ap = statistics.mean(r["ap"])
-            ax.scatter(r[key], ap)
+            spread = statistics.stdev(r["ap"]) if len(r["ap"]) > 1 else 0.0
+            ax.errorbar(r[key], ap, yerr=spread, fmt="o", capsize=3)  # bars: sd over seeds
             ax.annotate(r["block"], (r[key], ap), textcoords="offset points", xytext=(4, 4))
         ax.set_xlabel(label)
         ax.set_ylabel("bbox AP (val)")
         ax.grid(alpha=0.3)
-    fig.suptitle("DETR demo preset with backbone attention blocks")
+    fig.suptitle("DETR demo preset with backbone attention blocks (bars: sd over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
