@@ -39,6 +39,25 @@ def _read_annotation_json(ann_file: Path) -> dict:
         raise ValueError(f"annotation file {ann_file} is not valid JSON: {e}") from e
 
 
+def check_category_ids(category_ids, num_classes: int, source: str) -> None:
+    """Every category id must index the classifier: < ``num_classes``; ``source`` names the file in the error."""
+    too_big = sorted(i for i in category_ids if i >= num_classes)
+    if too_big:
+        raise ValueError(f"{source} has category id {too_big[-1]} but --num_classes is {num_classes}; category ids "
+                         f"must be < --num_classes (use --num_classes {too_big[-1] + 1} or more)")
+
+
+def read_rgb_image(path: str | Path, image_id: int, ann_file: str | Path) -> PIL.Image.Image:
+    """The image file of ``image_id`` (listed in ``ann_file``) as RGB; errors name the file and the id."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file {path} (image id {image_id} in {ann_file}) not found")
+    try:
+        with PIL.Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
+        raise OSError(f"cannot read image file {path} (image id {image_id}): {e}") from e
+
+
 def convert_coco_poly_to_mask(segmentations: list, height: int, width: int) -> torch.Tensor:
     """COCO segmentations (polygon lists, uncompressed or compressed RLE) -> uint8 masks ``[N, height, width]``."""
     masks = []
@@ -116,7 +135,7 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         self._transforms = transforms
         self.prepare = ConvertCocoPolysToMask(return_masks)
         if num_classes is not None:
-            self._check_category_ids(num_classes)
+            check_category_ids(self._category_ids(), num_classes, f"annotation file {self.ann_file}")
 
     def num_classes(self) -> int:
         """Largest category id in the categories and annotations + 1 (91 for COCO 2017)."""
@@ -125,23 +144,8 @@ class CocoDetection(torchvision.datasets.CocoDetection):
     def _category_ids(self) -> set[int]:
         return set(self.coco.cats) | {a["category_id"] for a in self.coco.anns.values()}
 
-    def _check_category_ids(self, num_classes: int) -> None:
-        ids = self._category_ids()
-        too_big = sorted(i for i in ids if i >= num_classes)
-        if too_big:
-            raise ValueError(f"annotation file {self.ann_file} has category id {too_big[-1]} but --num_classes is "
-                             f"{num_classes}; category ids must be < --num_classes (use --num_classes "
-                             f"{too_big[-1] + 1} or more)")
-
     def _load_image(self, id: int) -> PIL.Image.Image:
-        path = os.path.join(self.root, self.coco.loadImgs(id)[0]["file_name"])
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image file {path} (image id {id} in {self.ann_file}) not found")
-        try:
-            with PIL.Image.open(path) as img:
-                return img.convert("RGB")
-        except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
-            raise OSError(f"cannot read image file {path} (image id {id}): {e}") from e
+        return read_rgb_image(os.path.join(self.root, self.coco.loadImgs(id)[0]["file_name"]), id, self.ann_file)
 
     def __getitem__(self, idx: int) -> tuple[Any, dict]:
         image_id = self.ids[idx]

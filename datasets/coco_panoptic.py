@@ -34,7 +34,7 @@ import torch
 import torch.utils.data
 from torchvision.ops import masks_to_boxes
 
-from datasets.coco import _read_annotation_json, make_coco_transforms
+from datasets.coco import _read_annotation_json, check_category_ids, make_coco_transforms, read_rgb_image
 from datasets.transforms import INSTANCE_FIELDS
 from util.panoptic_png import read_panoptic_png
 
@@ -85,7 +85,7 @@ class CocoPanoptic(torch.utils.data.Dataset):
         self._transforms = transforms
         self.return_masks = return_masks
         if num_classes is not None:
-            self._check_category_ids(num_classes)
+            check_category_ids(self.categories, num_classes, f"panoptic annotation file {self.ann_file}")
 
     def _index(self, data: dict) -> None:
         """Pair images with annotations by image id; every image needs exactly one annotation and vice versa."""
@@ -138,22 +138,6 @@ class CocoPanoptic(torch.utils.data.Dataset):
         img = self._images[self.ids[idx]]
         return img["height"], img["width"]
 
-    def _check_category_ids(self, num_classes: int) -> None:
-        too_big = sorted(i for i in self.categories if i >= num_classes)
-        if too_big:
-            raise ValueError(f"panoptic annotation file {self.ann_file} has category id {too_big[-1]} but "
-                             f"--num_classes is {num_classes}; category ids must be < --num_classes (use "
-                             f"--num_classes {too_big[-1] + 1} or more)")
-
-    def _load_image(self, path: Path, image_id: int) -> PIL.Image.Image:
-        if not path.is_file():
-            raise FileNotFoundError(f"image file {path} (image id {image_id} in {self.ann_file}) not found")
-        try:
-            with PIL.Image.open(path) as img:
-                return img.convert("RGB")
-        except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
-            raise OSError(f"cannot read image file {path} (image id {image_id}): {e}") from e
-
     def _load_segment_ids(self, path: Path, image_id: int) -> np.ndarray:
         if not path.is_file():
             raise FileNotFoundError(f"panoptic PNG {path} (image id {image_id} in {self.ann_file}) not found")
@@ -167,7 +151,7 @@ class CocoPanoptic(torch.utils.data.Dataset):
         ann = self._annotations[image_id]
         img_path = self.img_folder / self._images[image_id]["file_name"]
         png_path = self.ann_folder / ann["file_name"]
-        img = self._load_image(img_path, image_id)
+        img = read_rgb_image(img_path, image_id, self.ann_file)
         segment_map = self._load_segment_ids(png_path, image_id)
         w, h = img.size
         if segment_map.shape != (h, w):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from util.nested_tensor import NestedTensor, nested_tensor_from_tensor_list
+from util.nested_tensor import NestedTensor
 from util.panoptic_png import encode_panoptic_png
 
 if TYPE_CHECKING:
@@ -63,8 +63,6 @@ class DETRsegm(nn.Module):
     def forward(self, samples: NestedTensor | list[torch.Tensor] | torch.Tensor) -> dict:
         """samples as for DETR.forward. Returns DETR's outputs plus ``pred_masks`` ``[B, Q, H/4, W/4]`` logits over
         the padded batch (Q counts every query group in training)."""
-        if isinstance(samples, (list, tuple, torch.Tensor)):
-            samples = nested_tensor_from_tensor_list(list(samples))
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_detr):
             decoded = self.detr.decode(samples)
         out = dict(decoded.outputs)
