@@ -40,3 +40,10 @@ def zero_scalar() -> nn.Parameter:
 def reduced_channels(channels: int, rd_ratio: float, rd_channels: int | None) -> int:
     """A bottleneck width: ``rd_channels`` if given, else ``round(channels * rd_ratio)`` (at least 1)."""
     return rd_channels or max(1, round(channels * rd_ratio))
+
+
+def query_key_value(channels: int, rd: int) -> tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]:
+    """The 1x1 convolutions of a self-attention over positions (CCNet, DANet's position module): query and key
+    ``channels -> rd``, value ``channels -> channels``."""
+    return (nn.Conv2d(channels, rd, kernel_size=1), nn.Conv2d(channels, rd, kernel_size=1),
+            nn.Conv2d(channels, channels, kernel_size=1))

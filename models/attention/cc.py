@@ -15,7 +15,7 @@ from CCNet; its segmentation head's 3x3 conv-BN-ReLU layers around it (``conva``
 import torch
 from torch import nn
 
-from models.attention.base import AttentionBlock, reduced_channels, zero_scalar
+from models.attention.base import AttentionBlock, query_key_value, reduced_channels, zero_scalar
 from models.attention.masked_ops import check_mask, masked_softmax, zero_padding
 
 
@@ -24,10 +24,7 @@ class CrissCrossAttention(nn.Module):
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 8, rd_channels: int | None = None):
         super().__init__()
-        rd = reduced_channels(channels, rd_ratio, rd_channels)
-        self.query = nn.Conv2d(channels, rd, kernel_size=1)
-        self.key = nn.Conv2d(channels, rd, kernel_size=1)
-        self.value = nn.Conv2d(channels, channels, kernel_size=1)
+        self.query, self.key, self.value = query_key_value(channels, reduced_channels(channels, rd_ratio, rd_channels))
         self.gamma = zero_scalar()
 
     def reset_parameters(self) -> None:
