@@ -1,0 +1,203 @@
+"""Pinned numbers: outputs, losses, gradients and a short training run of seeded tiny models, compared with values
+saved in ``tests/golden/detr.pt``.
+
+They were written before the code was reorganised and guard every later move: a refactoring must not change a
+single number. When a change is meant to alter the numbers, regenerate the file and say why in the commit::
+
+    .venv/bin/python -m tests.test_golden_outputs --write
+
+The tolerance covers only floating-point differences between CPU instruction sets (the values are bit-equal on the
+machine that wrote them).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+GOLDEN_FILE = Path(__file__).parent / "golden" / "detr.pt"
+NUM_CLASSES = 6
+
+TINY = [
+    "--backbone", "resnet18", "--no_pretrained_backbone", "--backbone_norm", "bn", "--backbone_trainable_layers", "5",
+    "--hidden_dim", "32", "--nheads", "2", "--enc_layers", "1", "--dec_layers", "2", "--dim_feedforward", "64",
+    "--num_queries", "8", "--dropout", "0", "--device", "cpu", "--num_classes", str(NUM_CLASSES),
+]
+
+# case name -> extra flags on top of TINY
+CASES = {
+    "detr": [],
+    "detr_dropout": ["--dropout", "0.1"],
+    "detr_pre_norm_layer3": ["--pre_norm", "--feature_layer", "layer3", "--backbone_trainable_layers", "4"],
+    "query_groups": ["--query_groups", "3"],
+    "masks": ["--masks", "--feature_layer", "layer3", "--backbone_trainable_layers", "4", "--hidden_dim", "64", "--nheads", "8"],
+    "attention_gc": ["--backbone_attn", "gc"],
+    "attention_nl": ["--backbone_attn", "nl"],
+    "learned_position": ["--position_embedding", "learned", "--no_aux_loss"],
+}
+
+
+def _parse(flags: list[str]) -> argparse.Namespace:
+    from main import get_args_parser
+
+    return get_args_parser().parse_args(flags)
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(7)
+    images = [torch.randn(3, 64, 48, generator=g), torch.randn(3, 40, 72, generator=g),
+              torch.randn(3, 56, 56, generator=g)]
+    targets = []
+    for n in (3, 2, 0):  # the last image has no objects
+        centers = torch.rand(n, 2, generator=g) * 0.6 + 0.2
+        sizes = torch.rand(n, 2, generator=g) * 0.3 + 0.05
+        targets.append({"labels": torch.randint(1, NUM_CLASSES, (n,), generator=g),
+                        "boxes": torch.cat([centers, sizes], 1)})
+    for t, img in zip(targets, images):
+        t["masks"] = torch.rand(len(t["labels"]), *img.shape[1:], generator=g) > 0.5
+        t["orig_size"] = torch.as_tensor([img.shape[1] * 2, img.shape[2] * 2])
+        t["size"] = torch.as_tensor(img.shape[1:])
+    return images, targets
+
+
+def _flat(prefix: str, outputs: dict) -> dict[str, torch.Tensor]:
+    flat = {}
+    for key, value in outputs.items():
+        if isinstance(value, torch.Tensor):
+            flat[f"{prefix}{key}"] = value.detach().clone()
+        elif key == "aux_outputs":
+            for i, aux in enumerate(value):
+                flat.update(_flat(f"{prefix}aux{i}.", aux))
+    return flat
+
+
+def run_case(name: str) -> dict[str, torch.Tensor]:
+    """Every number the case pins: state-dict shapes, eval and train outputs, losses, gradient norms, matches and
+    post-processed boxes."""
+    from models import build_model
+
+    torch.manual_seed(0)
+    args = _parse(TINY + CASES[name])
+    model, criterion, postprocessors = build_model(args)
+    images, targets = _inputs()
+    state = model.state_dict()
+    result = {"state_shapes": {k: list(v.shape) for k, v in state.items()},
+              "init_sums": torch.stack([v.double().sum() for v in state.values() if v.is_floating_point()])}
+
+    model.eval()
+    with torch.no_grad():
+        eval_out = model(images)
+    result.update(_flat("eval.", eval_out))
+    sizes = torch.stack([t["orig_size"] for t in targets])
+    for i, r in enumerate(postprocessors["bbox"](eval_out, sizes)):
+        result.update({f"post{i}.{k}": v for k, v in r.items()})
+
+    model.train()
+    torch.manual_seed(1)
+    train_out = model(images)
+    result.update(_flat("train.", train_out))
+    losses = criterion(train_out, targets)
+    result.update({f"loss.{k}": v.detach() for k, v in losses.items()})
+    total = sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict)
+    total.backward()
+    with_grad = [(k, p) for k, p in model.named_parameters() if p.grad is not None]
+    result["grad_names"] = [k for k, _ in with_grad]
+    result["grad_norms"] = torch.stack([p.grad.norm() for _, p in with_grad])
+    without_aux = {k: v for k, v in train_out.items() if k != "aux_outputs"}
+    groups = train_out.get("query_groups", 1) if isinstance(train_out.get("query_groups", 1), int) else 1
+    for i, (src, tgt) in enumerate(criterion.matcher(without_aux, targets, groups)):
+        result[f"match{i}.src"], result[f"match{i}.tgt"] = src, tgt
+    return result
+
+
+def run_training(tmp_dir: Path) -> dict[str, torch.Tensor]:
+    """Two epochs of ``main.main`` on a small synthetic dataset, evaluating after each: the log's numbers."""
+    import main
+    from datasets.synthetic import generate
+
+    coco = generate(tmp_dir / "data", num_train=16, num_val=6, image_size=64, seed=3)
+    flags = [f for f in TINY if f not in ("--num_classes", str(NUM_CLASSES))]
+    args = _parse(flags + ["--coco_path", str(coco), "--epochs", "2", "--batch_size", "4", "--image_size", "64",
+                           "--num_workers", "0", "--print_freq", "100", "--lr", "3e-4", "--lr_backbone", "3e-4",
+                           "--output_dir", str(tmp_dir / "out")])
+    main.main(args)
+    log = [json.loads(line) for line in (tmp_dir / "out" / "log.txt").read_text().splitlines()]
+    result = {}
+    for entry in log:
+        for key, value in entry.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                result[f"log{entry['epoch']}.{key}"] = torch.tensor(float(value), dtype=torch.float64)
+            elif isinstance(value, list):
+                result[f"log{entry['epoch']}.{key}"] = torch.tensor(value, dtype=torch.float64)
+    return result
+
+
+def _packed(values: dict) -> dict:
+    """One flat tensor per dtype plus (name, dtype, shape) entries: a small file (each saved tensor costs about a
+    kilobyte)."""
+    flats: dict[str, list] = {}
+    meta, plain = [], {}
+    for key, value in values.items():
+        if isinstance(value, torch.Tensor):
+            dtype = str(value.dtype).removeprefix("torch.")
+            flats.setdefault(dtype, []).append(value.flatten())
+            meta.append((key, dtype, list(value.shape)))
+        else:
+            plain[key] = value
+    return {"meta": meta, "plain": plain, "flat": {k: torch.cat(v) for k, v in flats.items()}}
+
+
+def _unpacked(packed: dict) -> dict:
+    values, offsets = dict(packed["plain"]), dict.fromkeys(packed["flat"], 0)
+    for key, dtype, shape in packed["meta"]:
+        n = int(torch.tensor(shape).prod())
+        values[key] = packed["flat"][dtype][offsets[dtype]: offsets[dtype] + n].reshape(shape)
+        offsets[dtype] += n
+    return values
+
+
+def _compare(actual: dict, expected: dict) -> None:
+    expected = _unpacked(expected)
+    assert sorted(actual) == sorted(expected), (sorted(set(actual) ^ set(expected)))[:20]
+    for key in expected:
+        a, e = actual[key], expected[key]
+        if not isinstance(e, torch.Tensor):
+            assert a == e, key
+        elif e.dtype in (torch.int64, torch.bool, torch.int32):
+            assert torch.equal(a, e), key
+        else:
+            torch.testing.assert_close(a.to(e.dtype), e, rtol=1e-4, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict:
+    return torch.load(GOLDEN_FILE, weights_only=True)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_tiny_models_reproduce_the_pinned_numbers(name, golden):
+    _compare(run_case(name), golden[name])
+
+
+def test_training_run_reproduces_the_pinned_log(golden, tmp_path):
+    _compare(run_training(tmp_path), golden["training"])
+
+
+def _write() -> None:
+    import tempfile
+
+    torch.set_num_threads(2)
+    values = {name: _packed(run_case(name)) for name in CASES}
+    with tempfile.TemporaryDirectory() as tmp:
+        values["training"] = _packed(run_training(Path(tmp)))
+    GOLDEN_FILE.parent.mkdir(exist_ok=True)
+    torch.save(values, GOLDEN_FILE)
+    print(f"wrote {GOLDEN_FILE} ({GOLDEN_FILE.stat().st_size} bytes)")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit("usage: python -m tests.test_golden_outputs --write")
+    _write()
