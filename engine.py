@@ -1,12 +1,18 @@
-"""One training epoch and one evaluation pass; ``main.py`` wires them to data, model and optimiser."""
+"""One training epoch, one evaluation pass, and what happens at the end of an epoch (evaluation when due, the saved
+COCOeval state, the log line); ``main.py`` wires them to data, model and optimiser."""
+import json
 import math
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import nn
 
-from datasets.coco_eval import CocoEvaluator
-from datasets.panoptic_eval import format_pq_table
+from evaluation.coco_eval import CocoEvaluator
+from evaluation.panoptic_eval import PanopticEvaluator, format_pq_table
+from util.checkpoint import preserved_rng_state, save_checkpoint
 from util.distributed import broadcast_object, is_main_process, reduce_dict
 from util.metric_logger import MetricLogger, SmoothedValue
 
@@ -74,7 +80,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
     """Loss and COCO evaluation over ``data_loader`` (gathered across processes).
 
     ``postprocessors`` has ``bbox``, and with a mask head ``segm`` (instance masks, evaluated by COCOeval too) and
-    ``panoptic`` (evaluated by ``panoptic_evaluator``, a fresh datasets.panoptic_eval.PanopticEvaluator).
+    ``panoptic`` (evaluated by ``panoptic_evaluator``, a fresh evaluation.panoptic_eval.PanopticEvaluator).
     Returns (averaged stats with ``coco_eval_bbox`` (and ``coco_eval_masks``): the 12 COCO numbers, and with a
     panoptic evaluator ``PQ_all``, ``PQ_th``, ``PQ_st`` (dicts of pq, sq, rq in [0, 1] and n); the CocoEvaluator,
     whose COCOeval has run on the main process only).
@@ -125,3 +131,72 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
     stats = {k: meter.global_avg for k, meter in metric_logger.meters.items()}
     stats.update(broadcast_object(coco_stats))
     return stats, coco_evaluator
+
+
+class Evaluation:
+    """Evaluates one model on the val set whenever called: COCO box (and mask) AP, and PQ for panoptic models.
+
+    ``panoptic_ground_truth`` is (annotation file, PNG folder) of the val set; predicted PNGs go to
+    ``OUTPUT_DIR/panoptic_eval``, or without an output folder to a temporary one that all processes share and that
+    is removed afterwards.
+    """
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, postprocessors: dict, data_loader: Iterable,
+                 coco_ground_truth, device: torch.device, print_freq: int, output_dir: Path | None,
+                 panoptic_ground_truth: tuple[Path, Path] | None = None):
+        self.model, self.criterion, self.postprocessors = model, criterion, postprocessors
+        self.data_loader, self.coco_ground_truth, self.device = data_loader, coco_ground_truth, device
+        self.print_freq, self.output_dir, self.panoptic_ground_truth = print_freq, output_dir, panoptic_ground_truth
+
+    def __call__(self) -> tuple[dict, CocoEvaluator]:
+        """(stats, CocoEvaluator) as :func:`evaluate` returns them."""
+        if "panoptic" not in self.postprocessors:
+            return evaluate(self.model, self.criterion, self.postprocessors, self.data_loader, self.coco_ground_truth,
+                            self.device, self.print_freq)
+        temporary = self.output_dir is None
+        folder = self.output_dir / "panoptic_eval" if not temporary else Path(
+            broadcast_object(tempfile.mkdtemp(prefix="panoptic_eval_") if is_main_process() else None))
+        ann_file, ann_folder = self.panoptic_ground_truth
+        panoptic_evaluator = PanopticEvaluator(ann_file, ann_folder, output_dir=str(folder))
+        result = evaluate(self.model, self.criterion, self.postprocessors, self.data_loader, self.coco_ground_truth,
+                          self.device, self.print_freq, panoptic_evaluator=panoptic_evaluator)
+        if temporary and is_main_process():  # evaluate() returns after the main process has read every PNG
+            shutil.rmtree(folder, ignore_errors=True)
+        return result
+
+
+def finish_epoch(epoch: int, train_stats: dict, evaluation: Evaluation | None, output_dir: Path | None,
+                 n_parameters: int) -> dict:
+    """After an epoch's checkpoint: run ``evaluation`` (None when not due), keep its COCOeval state in
+    ``eval/latest.pth`` (and ``eval/NNN.pth`` every 50 epochs), append the epoch's line to ``log.txt``.
+
+    Evaluation leaves the RNGs as it found them (its loader and transforms draw from them), so a run resumed from
+    this epoch's checkpoint trains exactly as the uninterrupted one. Returns the evaluation's stats or {}.
+    """
+    log_stats = {f"train_{k}": v for k, v in train_stats.items()}
+    test_stats = {}
+    if evaluation is not None:
+        with preserved_rng_state():
+            test_stats, coco_evaluator = evaluation()
+        log_stats.update({f"test_{k}": v for k, v in test_stats.items()})
+        if output_dir is not None and is_main_process():
+            (output_dir / "eval").mkdir(exist_ok=True)
+            for name in ["latest.pth"] + ([f"{epoch:03}.pth"] if epoch % 50 == 0 else []):
+                save_checkpoint(coco_evaluator.coco_eval["bbox"].eval, output_dir / "eval" / name)
+    log_stats.update({"epoch": epoch, "n_parameters": n_parameters})
+    if output_dir is not None and is_main_process():
+        with (output_dir / "log.txt").open("a") as f:
+            f.write(json.dumps(log_stats) + "\n")
+    return test_stats
+
+
+def summary_line(stats: dict, output_dir: Path | None) -> str:
+    """One line with box AP/AP50 (and mask AP, PQ where evaluated) and where the outputs are."""
+    parts = [f"bbox AP = {stats['coco_eval_bbox'][0]:.3f}, AP50 = {stats['coco_eval_bbox'][1]:.3f}"]
+    if "coco_eval_masks" in stats:
+        parts.append(f"mask AP = {stats['coco_eval_masks'][0]:.3f}, AP50 = {stats['coco_eval_masks'][1]:.3f}")
+    if "PQ_all" in stats:
+        parts.append(f"PQ = {stats['PQ_all']['pq']:.3f} (things {stats['PQ_th']['pq']:.3f}, "
+                     f"stuff {stats['PQ_st']['pq']:.3f})")
+    where = f"; outputs in {output_dir.resolve()}" if output_dir is not None else ""
+    return "; ".join(parts) + where

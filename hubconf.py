@@ -8,9 +8,9 @@ import torch
 
 from models.backbone import Backbone, Joiner
 from models.detr import DETR, PostProcess
+from models.detr.segmentation import DETRsegm, PostProcessPanoptic, coco_panoptic_is_thing_map
+from models.detr.transformer import Transformer
 from models.position_encoding import PositionEmbeddingSine
-from models.segmentation import DETRsegm, PostProcessPanoptic
-from models.transformer import Transformer
 from util.checkpoint import load_checkpoint
 
 dependencies = ["torch", "torchvision", "scipy"]
@@ -29,13 +29,13 @@ PANOPTIC_CLASSES = 250
 
 def _make_detr(backbone_name: str, dilation: bool = False, num_classes: int = 91, mask: bool = False
                ) -> DETR | DETRsegm:
-    """The official architecture: hidden 256, 6+6 layers, 8 heads, 100 queries, sine positions, aux outputs; with
-    ``mask`` wrapped in the segmentation head."""
+    """The official hub architecture: hidden 256, 6+6 layers, 8 heads, 100 queries, sine positions, no aux outputs
+    (as the official entry points); with ``mask`` wrapped in the segmentation head."""
     hidden_dim = 256
     backbone = Backbone(backbone_name, trainable_layers=3, return_interm_layers=mask, dilation=dilation)
     joiner = Joiner(backbone, PositionEmbeddingSine(hidden_dim // 2, normalize=True))
     transformer = Transformer(d_model=hidden_dim, return_intermediate_dec=True)
-    detr = DETR(joiner, transformer, num_classes=num_classes, num_queries=100, aux_loss=True)
+    detr = DETR(joiner, transformer, num_classes=num_classes, num_queries=100, aux_loss=False)
     return DETRsegm(detr) if mask else detr
 
 
@@ -62,8 +62,7 @@ def _hub_panoptic(name: str, backbone_name: str, dilation: bool, pretrained: boo
     if pretrained:
         _load_official(model, name, num_classes, PANOPTIC_CLASSES)
     if return_postprocessor:
-        is_thing_map = {i: i <= 90 for i in range(num_classes)}
-        return model, PostProcessPanoptic(is_thing_map, threshold=threshold)
+        return model, PostProcessPanoptic(coco_panoptic_is_thing_map(num_classes), threshold=threshold)
     return model
 
 

@@ -16,21 +16,26 @@ from pathlib import Path
 import submitit
 from submitit.slurm import slurm as submitit_slurm
 
-import main as detr_main
+import cli
+from models.backbone import ensure_imagenet_weights, wants_imagenet_weights
+from run import run
 from util.config import ConfigError, parse_args_with_config
+from util.distributed import job_port
 
 REPO = Path(__file__).resolve().parent
 
 
 def get_launcher_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Submitit launcher for DETR", parents=[detr_main.get_args_parser()])
+    parser = argparse.ArgumentParser("Submitit launcher for DETR", parents=[cli.get_args_parser()])
     slurm = parser.add_argument_group("SLURM")
     slurm.add_argument("--nodes", default=1, type=int, help="number of nodes")
     slurm.add_argument("--ngpus", default=8, type=int, help="GPUs per node; 0 runs CPU tasks")
     slurm.add_argument("--ntasks_per_node", default=None, type=int,
                        help="tasks per node (default: one per GPU; required sense for --ngpus 0, default 1)")
     slurm.add_argument("--cpus_per_task", default=10, type=int)
-    slurm.add_argument("--mem_gb", default=None, type=int, help="memory per node in GB (default: 40 per task)")
+    slurm.add_argument("--mem_gb", default=None, type=int,
+                       help="memory per node in GB (default: 40 per GPU, as the official launcher; for CPU-only "
+                            "jobs no request, so SLURM's per-node default applies)")
     slurm.add_argument("--timeout", default=4320, type=int, help="time limit of one job in minutes")
     slurm.add_argument("--partition", default=None, type=str)
     slurm.add_argument("--account", default=None, type=str)
@@ -65,7 +70,7 @@ class Trainer:
         args = copy.deepcopy(self.args)
         self._set_distributed_env()
         args.auto_resume = not args.eval  # resume from OUTPUT_DIR/checkpoint.pth when a previous job wrote one
-        return detr_main.main(args)
+        return run(args)
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(type(self)(self.args))
@@ -80,11 +85,6 @@ class Trainer:
         print(f"submitit job {env.job_id}: task {env.global_rank}/{env.num_tasks} on {env.hostnames}", flush=True)
 
 
-def job_port(job_id: str) -> int:
-    """The rendezvous port of a job, the same in all its tasks: 20000-29999 (below Linux's ephemeral ports)."""
-    return 20000 + int(job_id.split("_")[0]) % 10000
-
-
 def tasks_per_node(args: argparse.Namespace) -> int:
     if args.ntasks_per_node is not None:
         return args.ntasks_per_node
@@ -96,7 +96,7 @@ def slurm_parameters(args: argparse.Namespace) -> dict:
     ntasks = tasks_per_node(args)
     params = {
         "job_name": "detr", "nodes": args.nodes, "ntasks_per_node": ntasks, "cpus_per_task": args.cpus_per_task,
-        "mem": f"{args.mem_gb if args.mem_gb is not None else 40 * ntasks}GB", "time": args.timeout,
+        "time": args.timeout,
         "signal_delay_s": args.signal_delay_s,
         # the repo on the path and one compute thread per allocated CPU in every task
         "setup": [f"export PYTHONPATH={REPO}:${{PYTHONPATH:-}}", f"export OMP_NUM_THREADS={args.cpus_per_task}"],
@@ -104,6 +104,9 @@ def slurm_parameters(args: argparse.Namespace) -> dict:
     }
     if args.ngpus > 0:
         params["gpus_per_node"] = args.ngpus
+    mem_gb = args.mem_gb if args.mem_gb is not None else 40 * args.ngpus if args.ngpus > 0 else None
+    if mem_gb is not None:
+        params["mem"] = f"{mem_gb}GB"
     for flag in ("partition", "account", "qos", "constraint", "comment"):
         if getattr(args, flag) is not None:
             params[flag] = getattr(args, flag)
@@ -148,6 +151,10 @@ def submit(args: argparse.Namespace):
         for key, value in sorted(vars(trainer.args).items()):
             print(f"#   {key}: {value!r}")
         return None
+    if wants_imagenet_weights(args):
+        # Compute nodes often have no network: fetch the weights here, into the cache the job reads (torch.hub's,
+        # under $TORCH_HOME or ~/.cache/torch, usually shared), or stop now with what to copy where.
+        ensure_imagenet_weights(args.backbone)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     executor = submitit.SlurmExecutor(folder=args.job_dir, max_num_timeout=args.max_requeues)
     executor.update_parameters(**slurm_parameters(args))
@@ -161,9 +168,13 @@ def main(argv: list[str] | None = None):
     parser = get_launcher_parser()
     try:
         args = resolve(parse_args_with_config(parser, argv))
+        cli.check_args(args)
     except (ConfigError, ValueError) as exc:
         parser.error(str(exc))
-    return submit(args)
+    try:
+        return submit(args)
+    except FileNotFoundError as exc:
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Backbone attention ablation on the synthetic dataset: train the CPU demo preset once per block (same seed,
 same schedule), then record AP, AP50, parameters, GFLOPs and speed.
 
-Usage: python benchmarks/attention_ablation.py [--blocks none gc ca ...] [--seeds 42 43] [--epochs 16 --lr_drop 12]
+Usage: python -m benchmarks.attention_ablation [--blocks none gc ca ...] [--seeds 42 43] [--epochs 16 --lr_drop 12]
        [--data data/synthetic] [--out outputs/ablation]
 
 Writes the table between the ablation markers of benchmarks/RESULTS.md and a plot of AP against GFLOPs and training
@@ -15,21 +15,19 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import main as detr_main  # noqa: E402
-from benchmarks.benchmark import hardware, measure  # noqa: E402
-from datasets.synthetic import generate  # noqa: E402
-from models import build_model  # noqa: E402
-from models.attention import ATTENTION  # noqa: E402
-from util.config import parse_args_with_config  # noqa: E402
+import cli
+from benchmarks.benchmark import hardware, measure
+from models import build_model
+from models.attention import ATTENTION
+from run import run
+from tools.data.synthetic import generate
+from util.config import parse_args_with_config
 
 HERE = Path(__file__).resolve().parent
 PRESET = HERE.parent / "configs" / "demo_cpu.yaml"
@@ -38,7 +36,7 @@ BEGIN, END = "<!-- attention-ablation:begin -->", "<!-- attention-ablation:end -
 
 
 def preset_args(block: str, extra: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(parents=[detr_main.get_args_parser()])
+    parser = argparse.ArgumentParser(parents=[cli.get_args_parser()])
     return parse_args_with_config(parser, ["--config", str(PRESET), "--backbone_attn", block, *extra])
 
 
@@ -67,7 +65,7 @@ def run_block(block: str, seeds: list[int], common: list[str], out: Path, previo
         shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted earlier run of this block starts over
         args = preset_args(block, [*common, "--seed", str(seed), "--output_dir", str(run_dir)])
         start = time.time()
-        stats = detr_main.main(args)
+        stats = run(args)
         minutes.append((time.time() - start) / 60)
         aps.append(stats["coco_eval_bbox"][0])
         ap50s.append(stats["coco_eval_bbox"][1])
@@ -92,7 +90,7 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def table(rows: list[dict], command: str) -> str:
-    lines = [BEGIN, f"Each row: `python benchmarks/attention_ablation.py --blocks BLOCK --seeds SEEDS {command}` on "
+    lines = [BEGIN, f"Each row: `python -m benchmarks.attention_ablation --blocks BLOCK --seeds SEEDS {command}` on "
              f"{hardware(torch.device('cpu'))}, torch {torch.__version__}; AP and AP50 are mean ± sd over the seeds "
              "listed where several; costs re-measured on an idle machine with `--remeasure_cost`.", "",
              "| block | seeds | AP | AP50 | params | GFLOPs (128 px) | train img/s | infer img/s | minutes/run |",

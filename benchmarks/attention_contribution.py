@@ -1,6 +1,6 @@
 """How much trained backbone attention blocks change the features DETR sees.
 
-Usage: python benchmarks/attention_contribution.py --config configs/demo_cpu_gc.yaml \\
+Usage: python -m benchmarks.attention_contribution --config configs/demo_cpu_gc.yaml \\
            --checkpoints outputs/a/checkpoint.pth outputs/b/checkpoint.pth --coco_path data/synthetic
 
 For each checkpoint: the backbone's output features on the first --num_images val images, once as trained and once
@@ -9,19 +9,15 @@ with every block reset to its initialisation (an identity), and the relative cha
 the features; it shows whether a block's learning rate (``--lr_attn``) lets it move at all.
 """
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import datasets  # noqa: E402
-import main as detr_main  # noqa: E402
-from models import build_model  # noqa: E402
-from util.checkpoint import load_checkpoint  # noqa: E402
-from util.config import parse_args_with_config  # noqa: E402
-from util.nested_tensor import nested_tensor_from_tensor_list  # noqa: E402
+import cli
+import datasets
+from models import build_model
+from util.checkpoint import load_checkpoint
+from util.config import parse_args_with_config
+from util.nested_tensor import nested_tensor_from_tensor_list
 
 ATTENTION_PREFIX = "backbone.0.attn."
 
@@ -42,7 +38,7 @@ def relative_change(model: torch.nn.Module, identity: torch.nn.Module, images: l
 
 
 def main(argv=None) -> dict[str, float]:
-    parser = argparse.ArgumentParser("attention block contribution", parents=[detr_main.get_args_parser()])
+    parser = argparse.ArgumentParser("attention block contribution", parents=[cli.get_args_parser()])
     parser.add_argument("--checkpoints", nargs="+", required=True)
     parser.add_argument("--num_images", type=int, default=32)
     args = parse_args_with_config(parser, argv)

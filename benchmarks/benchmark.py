@@ -1,6 +1,6 @@
 """Speed and memory of a preset: training iterations/s, inference images/s, peak memory.
 
-Usage: python benchmarks/benchmark.py --config configs/demo_cpu.yaml [--iters 20] [--warmup 3] [--record]
+Usage: python -m benchmarks.benchmark --config configs/demo_cpu.yaml [--iters 20] [--warmup 3] [--record]
        (any main.py flag may follow, e.g. --device cuda --batch_size 4)
 
 Measures the model alone (forward, set loss, backward, AdamW step; inference forward + post-processing) on
@@ -19,12 +19,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import main as detr_main  # noqa: E402
-from models import build_model  # noqa: E402
-from util.config import parse_args_with_config  # noqa: E402
-from util.nested_tensor import nested_tensor_from_tensor_list  # noqa: E402
+import cli
+from models import build_model
+from models.param_groups import build_param_groups
+from util.config import parse_args_with_config
+from util.nested_tensor import nested_tensor_from_tensor_list
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -53,7 +52,7 @@ def measure(args, iters: int, warmup: int) -> dict:
         args.num_classes = 91
     model, criterion, postprocessors = build_model(args)
     model.to(device)
-    optimizer = torch.optim.AdamW(detr_main.build_param_groups(model, args.lr_backbone, args.lr_attn), lr=args.lr,
+    optimizer = torch.optim.AdamW(build_param_groups(model, args.lr_backbone, args.lr_attn), lr=args.lr,
                                   weight_decay=args.weight_decay)
     gen = torch.Generator().manual_seed(0)
     samples, targets = random_batch(args.batch_size, args.image_size, args.num_classes, device, gen)
@@ -113,7 +112,7 @@ def main(argv=None) -> dict:
     bench.add_argument("--warmup", type=int, default=3)
     bench.add_argument("--record", action="store_true")
     known, rest = bench.parse_known_args(argv)
-    parser = argparse.ArgumentParser("DETR benchmark", parents=[detr_main.get_args_parser(), bench])
+    parser = argparse.ArgumentParser("DETR benchmark", parents=[cli.get_args_parser(), bench])
     args = parse_args_with_config(parser, rest + [f"--iters={known.iters}", f"--warmup={known.warmup}"])
     result = measure(args, known.iters, known.warmup)
     flags = " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--record")

@@ -1,12 +1,23 @@
 """Datasets: ``build_dataset(image_set, args)`` picks one by ``args.dataset_file``.
 
-``datasets.synthetic`` writes a small COCO-layout dataset of shapes that every dataset builder here can read
+``tools.data.synthetic`` writes a small COCO-layout dataset of shapes that every dataset builder here can read
 (``--panoptic`` adds the COCO panoptic files that ``coco_panoptic`` reads).
 """
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch.utils.data
 from pycocotools.coco import COCO
 
 DATASET_CHOICES = ("coco", "coco_panoptic")
+OFFICIAL_NUM_CLASSES = {"coco": 91, "coco_panoptic": 250}  # the official checkpoints' classifier sizes
+
+
+def official_num_classes(dataset_file: str) -> int:
+    """The class count the official models use for ``dataset_file`` (COCO 91, COCO panoptic 250; others 20, as the
+    official builders), for building a model without an annotation file at hand."""
+    return OFFICIAL_NUM_CLASSES.get(dataset_file, 20)
 
 
 def get_coco_api_from_dataset(dataset) -> COCO:
@@ -29,3 +40,30 @@ def build_dataset(image_set: str, args):
         from datasets.coco_panoptic import build as build_coco_panoptic
         return build_coco_panoptic(image_set, args)
     raise ValueError(f"--dataset_file {args.dataset_file!r} is not supported; choices: {list(DATASET_CHOICES)}")
+
+
+@dataclass
+class RunData:
+    """What a run reads: ``train`` (None when only evaluating) and ``val`` datasets, the COCO ground truth of the
+    val images for box and mask AP, the class count the annotations imply, and for panoptic data the category
+    thing map and the val annotation file and PNG folder that PQ is computed against."""
+
+    train: torch.utils.data.Dataset | None
+    val: torch.utils.data.Dataset
+    coco_ground_truth: COCO
+    num_classes: int
+    is_thing_map: dict[int, bool] | None = None
+    panoptic_ground_truth: tuple[Path, Path] | None = None
+
+
+def build_run_data(args: argparse.Namespace, with_train: bool) -> RunData:
+    """The datasets ``args`` describe (see each builder for the flags it reads)."""
+    val = build_dataset("val", args)
+    train = build_dataset("train", args) if with_train else None
+    num_classes = (val if train is None else train).num_classes()
+    if args.dataset_file != "coco_panoptic":
+        return RunData(train, val, get_coco_api_from_dataset(val), num_classes)
+    # box and mask AP of panoptic data: against the COCO instances of the same images (things only)
+    instances = build_dataset("val", argparse.Namespace(**{**vars(args), "dataset_file": "coco"}))
+    return RunData(train, val, get_coco_api_from_dataset(instances), num_classes, val.is_thing_map(),
+                   (val.ann_file, val.ann_folder))

@@ -116,10 +116,12 @@ class CocoDetection(torchvision.datasets.CocoDetection):
     """torchvision's COCO dataset returning DETR targets, with errors that name the offending file.
 
     ``num_classes`` (optional) is checked once here: every category id must be < num_classes.
+    ``remove_difficult``: annotations with a true ``difficult`` field (VOC-style datasets) become crowd regions,
+    so training leaves them out and COCO evaluation neither counts nor penalises detections on them.
     """
 
     def __init__(self, img_folder: str | Path, ann_file: str | Path, transforms: Optional[Callable],
-                 return_masks: bool, num_classes: Optional[int] = None):
+                 return_masks: bool, num_classes: Optional[int] = None, remove_difficult: bool = False):
         img_folder, ann_file = Path(img_folder), Path(ann_file)
         if not img_folder.is_dir():
             raise FileNotFoundError(f"image folder {img_folder} not found (expected a directory of the images "
@@ -132,6 +134,10 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         except json.JSONDecodeError as e:
             raise ValueError(f"annotation file {ann_file} is not valid JSON: {e}") from e
         self.ann_file = ann_file
+        if remove_difficult:
+            for ann in self.coco.dataset.get("annotations", []):
+                if ann.get("difficult", 0):
+                    ann["iscrowd"] = 1
         self._transforms = transforms
         self.prepare = ConvertCocoPolysToMask(return_masks)
         if num_classes is not None:
@@ -192,7 +198,8 @@ def make_coco_transforms(image_set: str, image_size: int = 800, multiscale: bool
 
 def build(image_set: str, args) -> CocoDetection:
     """COCO ``image_set`` ('train' or 'val') from ``args.coco_path``, ``args.masks``, ``args.num_classes`` (may be
-    None: no id check), ``args.image_size`` (default 800) and ``args.multiscale`` (default True)."""
+    None: no id check), ``args.image_size`` (default 800), ``args.multiscale`` (default True) and
+    ``args.remove_difficult`` (default False)."""
     root = Path(args.coco_path)
     if not root.is_dir():
         raise FileNotFoundError(f"--coco_path {root} is not a directory (expected train2017/, val2017/ and "
@@ -202,4 +209,5 @@ def build(image_set: str, args) -> CocoDetection:
     folder, ann_name = COCO_SPLITS[image_set]
     transforms = make_coco_transforms(image_set, getattr(args, "image_size", 800), getattr(args, "multiscale", True))
     return CocoDetection(root / folder, root / "annotations" / ann_name, transforms=transforms,
-                         return_masks=args.masks, num_classes=getattr(args, "num_classes", None))
+                         return_masks=args.masks, num_classes=getattr(args, "num_classes", None),
+                         remove_difficult=getattr(args, "remove_difficult", False))

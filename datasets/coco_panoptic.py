@@ -5,7 +5,7 @@ Official layout (images under ``--coco_path``, panoptic annotations under ``--co
     --coco_path:           train2017/*.jpg  val2017/*.jpg
     --coco_panoptic_path:  annotations/panoptic_{train,val}2017.json  panoptic_{train,val}2017/*.png
 
-``datasets.synthetic --panoptic`` writes both into one folder. Each PNG stores a segment id per pixel as a colour
+``tools.data.synthetic --panoptic`` writes both into one folder. Each PNG stores a segment id per pixel as a colour
 (``util.panoptic_png``; 0 is void) and the JSON's ``segments_info`` gives each segment's category (thing or stuff,
 one label space), ``iscrowd`` and ``area``. Each item is ``(image, target)`` with the keys of ``datasets.transforms``,
 one entry per segment:

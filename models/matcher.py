@@ -21,16 +21,20 @@ class HungarianMatcher(nn.Module):
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
 
+    def class_cost(self, logits: torch.Tensor, tgt_ids: torch.Tensor) -> torch.Tensor:
+        """Classification cost ``[N, T]`` of logits ``[N, K+1]`` for target classes ``[T]``: minus the softmax
+        probability of the target class. Architectures with other classifiers override this."""
+        return -logits.softmax(-1)[:, tgt_ids]
+
     @torch.no_grad()
     def cost_matrices(self, outputs: dict, targets: list[dict]) -> list[torch.Tensor]:
         """Per-image cost matrices ``[Q, T_i]`` (on CPU)."""
         bs, num_queries = outputs["pred_logits"].shape[:2]
-        out_prob = outputs["pred_logits"].flatten(0, 1).softmax(-1)  # [B*Q, K+1]
         out_bbox = outputs["pred_boxes"].flatten(0, 1)  # [B*Q, 4]
         tgt_ids = torch.cat([v["labels"] for v in targets])
         tgt_bbox = torch.cat([v["boxes"] for v in targets]).to(out_bbox.dtype)
 
-        cost_class = -out_prob[:, tgt_ids]
+        cost_class = self.class_cost(outputs["pred_logits"].flatten(0, 1), tgt_ids)
         cost_bbox = torch.cdist(out_bbox, tgt_bbox, p=1)
         cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(out_bbox), box_cxcywh_to_xyxy(tgt_bbox))
         cost = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou

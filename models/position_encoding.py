@@ -14,18 +14,24 @@ class PositionEmbeddingSine(nn.Module):
     """Sine/cosine encoding of (y, x) as in "Attention Is All You Need", generalised to images.
 
     Positions are cumulative counts of valid (non-padded) pixels, so padding does not shift them; with
-    ``normalize`` they are scaled to (0, ``scale``]. Half the channels encode y, half x.
+    ``normalize`` they are ``(count + offset) / valid length * scale`` (DETR: offset 0, so (0, ``scale``];
+    Deformable DETR: offset -0.5, the pixel centres). Half the channels encode y, half x. The wavelengths grow
+    geometrically up to ``temperature`` (DINO sets the y and x ones apart: ``temperature_y``, ``temperature_x``).
     """
 
     def __init__(self, num_pos_feats: int = 64, temperature: int = 10000, normalize: bool = False,
-                 scale: float | None = None):
+                 scale: float | None = None, offset: float = 0.0, temperature_y: float | None = None,
+                 temperature_x: float | None = None):
         super().__init__()
         if scale is not None and not normalize:
             raise ValueError("PositionEmbeddingSine: normalize must be True when scale is passed")
         self.num_pos_feats = num_pos_feats
         self.temperature = temperature
+        self.temperature_y = temperature if temperature_y is None else temperature_y
+        self.temperature_x = temperature if temperature_x is None else temperature_x
         self.normalize = normalize
         self.scale = 2 * math.pi if scale is None else scale
+        self.offset = offset
 
     def forward(self, tensor_list: NestedTensor) -> torch.Tensor:
         x, mask = tensor_list.tensors, tensor_list.mask
@@ -36,14 +42,13 @@ class PositionEmbeddingSine(nn.Module):
         x_embed = not_mask.cumsum(2, dtype=torch.float32)
         if self.normalize:
             eps = 1e-6
-            y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
+            y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + eps) * self.scale
+            x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + eps) * self.scale
 
         dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
-        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
-
-        pos_x = x_embed[:, :, :, None] / dim_t
-        pos_y = y_embed[:, :, :, None] / dim_t
+        exponent = 2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats
+        pos_x = x_embed[:, :, :, None] / self.temperature_x ** exponent
+        pos_y = y_embed[:, :, :, None] / self.temperature_y ** exponent
         pos_x = torch.stack((pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4).flatten(3)
         pos_y = torch.stack((pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4).flatten(3)
         return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)

@@ -4,8 +4,8 @@ import socket
 import pytest
 import torch
 
-import main as detr_main
-from datasets.synthetic import generate
+import cli
+from tools.data.synthetic import generate
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +43,6 @@ def tiny_args():
     """Build parsed args for a tiny DETR on ``tiny_coco``: ``tiny_args(coco_path, *extra_flags)``."""
 
     def make(coco_path, *extra):
-        return detr_main.get_args_parser().parse_args([*TINY_FLAGS, "--coco_path", str(coco_path), *extra])
+        return cli.get_args_parser().parse_args([*TINY_FLAGS, "--coco_path", str(coco_path), *extra])
 
     return make

@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 
-import main as detr_main
 from models import build_model
 from models.attention import ATTENTION
+from models.param_groups import build_param_groups
 from util.checkpoint import load_matching_state_dict
 from util.nested_tensor import nested_tensor_from_tensor_list
 
@@ -84,7 +84,7 @@ def test_blocks_train_inside_frozen_stages_with_their_own_groups(tiny_args, tiny
     attn = list(model.backbone[0].attn.parameters())
     assert all(p.requires_grad for p in attn)
     assert not any(p.requires_grad for p in model.backbone[0].body.parameters())
-    groups = detr_main.build_param_groups(model, args.lr_backbone, args.lr_attn)
+    groups = build_param_groups(model, args.lr_backbone, args.lr_attn)
     by_id = {id(p): g for g in groups for p in g["params"]}
     for p in attn:
         assert by_id[id(p)].get("lr") == 5e-4
@@ -140,7 +140,7 @@ def test_attention_maps_for_pictures(block):
 
 def test_visualisation_tool_writes_pictures(tiny_coco, tmp_path):
     pytest.importorskip("matplotlib")
-    from tools import visualize_attention
+    from tools.analysis import visualize_attention
 
     image = sorted((tiny_coco / "val2017").iterdir())[0]
     written = visualize_attention.main([

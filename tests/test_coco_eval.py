@@ -8,8 +8,8 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-import datasets.coco_eval as coco_eval_module
-from datasets.coco_eval import CocoEvaluator
+import evaluation.coco_eval as coco_eval_module
+from evaluation.coco_eval import CocoEvaluator
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
 

@@ -13,7 +13,7 @@ from torchvision.ops import masks_to_boxes
 import datasets.transforms as T
 from datasets import DATASET_CHOICES, build_dataset
 from datasets.coco_panoptic import CocoPanoptic, build
-from datasets.synthetic import generate
+from tools.data.synthetic import generate
 from util.box_ops import box_cxcywh_to_xyxy
 from util.panoptic_png import encode_panoptic_png, read_panoptic_png
 
@@ -21,7 +21,7 @@ from util.panoptic_png import encode_panoptic_png, read_panoptic_png
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
 
 SIZE = 64
-THING_IDS, STUFF_IDS = {1, 3, 5, 8, 11}, {13, 17, 20}  # written down independently of datasets.synthetic
+THING_IDS, STUFF_IDS = {1, 3, 5, 8, 11}, {13, 17, 20}  # written down independently of tools.data.synthetic
 EDGE = torch.tensor([0.0, 0.0, 1.0, 1.0])  # boxes here have exclusive right/bottom edges
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-import main as detr_main
+import cli
 from util.config import ConfigError, dump_config, load_preset, parse_args_with_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -16,7 +16,7 @@ def _write(tmp_path: Path, text: str, name: str = "preset.yaml") -> Path:
 
 
 def _parse(argv: list[str]):
-    return parse_args_with_config(detr_main.get_args_parser(), argv)
+    return parse_args_with_config(cli.get_args_parser(), argv)
 
 
 def test_precedence_default_then_preset_then_flag(tmp_path):
@@ -30,7 +30,7 @@ def test_precedence_default_then_preset_then_flag(tmp_path):
 
 
 def test_no_config_gives_parser_defaults():
-    assert vars(_parse([])) == vars(detr_main.get_args_parser().parse_args([]))
+    assert vars(_parse([])) == vars(cli.get_args_parser().parse_args([]))
 
 
 def test_unknown_key_names_file_and_key(tmp_path):
@@ -69,21 +69,21 @@ def test_store_false_flags_keep_their_positive_name(tmp_path):
 
 
 def test_dump_then_reload_gives_the_same_args(tmp_path):
-    parser = detr_main.get_args_parser()
+    parser = cli.get_args_parser()
     args = parse_args_with_config(parser, ["--lr", "3e-4", "--lr_backbone", "0", "--backbone", "resnet101",
                                            "--dilation", "--no_aux_loss", "--coco_path", str(tmp_path),
                                            "--num_classes", "7", "--eos_coef", "0.05"])
     path = tmp_path / "config.yaml"
     dump_config(parser, args, path)
-    reloaded = parse_args_with_config(detr_main.get_args_parser(), ["--config", str(path)])
+    reloaded = parse_args_with_config(cli.get_args_parser(), ["--config", str(path)])
     expected = {k: v for k, v in vars(args).items() if k != "config"}
     assert {k: v for k, v in vars(reloaded).items() if k != "config"} == expected
-    assert "config" not in load_preset(detr_main.get_args_parser(), path)
+    assert "config" not in load_preset(cli.get_args_parser(), path)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_presets_load(path):
-    values = load_preset(detr_main.get_args_parser(), path)
+    values = load_preset(cli.get_args_parser(), path)
     assert values  # not empty
     args = _parse(["--config", str(path)])
     for key, value in values.items():

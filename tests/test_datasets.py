@@ -14,12 +14,12 @@ from pycocotools.coco import COCO
 
 from datasets import build_dataset, get_coco_api_from_dataset
 from datasets.coco import CocoDetection, build, make_coco_transforms
-from datasets.synthetic import generate
+from tools.data.synthetic import generate
 
 # pycocotools' mask decoding warns about numpy 2 on every call
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
 
-SYNTHETIC_IDS = [1, 3, 5, 8, 11]  # written down independently of datasets.synthetic.CATEGORIES
+SYNTHETIC_IDS = [1, 3, 5, 8, 11]  # written down independently of tools.data.synthetic.CATEGORIES
 SIZE = 64
 
 
@@ -77,7 +77,7 @@ def test_generator_refuses_to_overwrite_a_foreign_dataset(tmp_path):
 
 
 def test_generator_cli(tmp_path):
-    from datasets.synthetic import main
+    from tools.data.synthetic import main
     out = main(["--out", str(tmp_path), "--num_train", "3", "--num_val", "2", "--image_size", "32", "--seed", "1",
                 "--max_objects", "2"])
     assert json.loads((out / "synthetic_params.json").read_text())["params"]["max_objects"] == 2
@@ -337,3 +337,39 @@ def test_unknown_dataset_file_and_image_set(synthetic):
     assert "coco" in str(err.value)
     with pytest.raises(ValueError, match="image_set"):
         make_coco_transforms("test")
+
+
+def test_remove_difficult_leaves_difficult_objects_out_of_training_and_evaluation(synthetic, tmp_path):
+    from evaluation.coco_eval import CocoEvaluator
+
+    data = json.loads((synthetic / "annotations/instances_val2017.json").read_text())
+    image_id = data["images"][0]["id"]
+    objects = [a for a in data["annotations"] if a["image_id"] == image_id]
+    assert len(objects) >= 2
+    objects[0]["difficult"] = 1  # a VOC-style flag on the first object of the first image
+    root = tmp_path / "voc_style"
+    (root / "annotations").mkdir(parents=True)
+    (root / "val2017").symlink_to(synthetic / "val2017")
+    (root / "annotations/instances_val2017.json").write_text(json.dumps(data))
+
+    def boxes(flag: bool) -> int:
+        return len(build("val", _args(root, remove_difficult=flag))[0][1]["boxes"])
+
+    assert boxes(False) == len(objects) and boxes(True) == len(objects) - 1
+
+    # Ground-truth boxes as detections for every object except the difficult one: a miss counts only without
+    # the flag.
+    def ap(flag: bool) -> float:
+        dataset = build("val", _args(root, remove_difficult=flag))
+        evaluator = CocoEvaluator(get_coco_api_from_dataset(dataset), ["bbox"])
+        for img in data["images"]:
+            kept = [a for a in data["annotations"] if a["image_id"] == img["id"] and not a.get("difficult")]
+            xyxy = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in kept)]).reshape(-1, 4)
+            evaluator.update({img["id"]: {"boxes": xyxy, "scores": torch.ones(len(kept)),
+                                          "labels": torch.tensor([a["category_id"] for a in kept])}})
+        evaluator.accumulate()
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.summarize()
+        return evaluator.coco_eval["bbox"].stats[0]
+
+    assert ap(True) == pytest.approx(1.0) and ap(False) < 0.999

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import main as detr_main
+from run import run
 from tests.conftest import TINY_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def test_two_process_training_and_gathered_evaluation(tiny_coco, tiny_args, tmp_
 
     # The same checkpoint evaluated by one process and by two gives the same COCO numbers: the val set (8 images)
     # is split, padded by the sampler, gathered and de-duplicated before COCOeval.
-    single = detr_main.main(tiny_args(tiny_coco, "--eval", "--resume", str(out / "checkpoint.pth")))
+    single = run(tiny_args(tiny_coco, "--eval", "--resume", str(out / "checkpoint.pth")))
     printed = _torchrun("--coco_path", str(tiny_coco), "--eval", "--resume", str(out / "checkpoint.pth"),
                         "--batch_size", "3")
     assert "COCO evaluation of 8 images, 64 detections" in printed  # 8 queries per image

@@ -65,7 +65,10 @@ def test_cpu_processes_use_gloo_without_touching_cuda(clean_env):
     clean_env.setattr(ud.dist, "init_process_group", lambda **kw: calls.update(kw))
     clean_env.setattr(ud.dist, "barrier", lambda: None)
     clean_env.setattr(torch.cuda, "device_count", lambda: 0)  # DETR's own init divides by this
-    args = type("Args", (), {"device": "cpu", "dist_url": "env://"})()
-    ud.init_distributed_mode(args)
+    setup = ud.init_distributed("cpu", "env://")
     assert calls == {"backend": "gloo", "init_method": "env://", "world_size": 2, "rank": 1}
-    assert args.distributed and args.rank == 1 and args.world_size == 2 and args.gpu is None
+    assert setup == ud.ProcessSetup(True, 1, 2, None, "cpu", "gloo")
+
+
+def test_a_plain_process_is_not_distributed(clean_env):
+    assert ud.init_distributed("cpu") == ud.ProcessSetup(False, 0, 1, None, "cpu", None)

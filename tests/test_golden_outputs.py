@@ -30,9 +30,11 @@ TINY = [
 CASES = {
     "detr": [],
     "detr_dropout": ["--dropout", "0.1"],
-    "detr_pre_norm_layer3": ["--pre_norm", "--feature_layer", "layer3", "--backbone_trainable_layers", "4"],
+    "detr_pre_norm_layer3": ["--pre_norm", "--feature_layer", "layer3",
+                             "--backbone_trainable_layers", "4"],
     "query_groups": ["--query_groups", "3"],
-    "masks": ["--masks", "--feature_layer", "layer3", "--backbone_trainable_layers", "4", "--hidden_dim", "64", "--nheads", "8"],
+    "masks": ["--masks", "--feature_layer", "layer3", "--backbone_trainable_layers", "4", "--hidden_dim", "64",
+              "--nheads", "8"],
     "attention_gc": ["--backbone_attn", "gc"],
     "attention_nl": ["--backbone_attn", "nl"],
     "learned_position": ["--position_embedding", "learned", "--no_aux_loss"],
@@ -40,7 +42,7 @@ CASES = {
 
 
 def _parse(flags: list[str]) -> argparse.Namespace:
-    from main import get_args_parser
+    from cli import get_args_parser
 
     return get_args_parser().parse_args(flags)
 
@@ -106,23 +108,22 @@ def run_case(name: str) -> dict[str, torch.Tensor]:
     result["grad_names"] = [k for k, _ in with_grad]
     result["grad_norms"] = torch.stack([p.grad.norm() for _, p in with_grad])
     without_aux = {k: v for k, v in train_out.items() if k != "aux_outputs"}
-    groups = train_out.get("query_groups", 1) if isinstance(train_out.get("query_groups", 1), int) else 1
-    for i, (src, tgt) in enumerate(criterion.matcher(without_aux, targets, groups)):
+    for i, (src, tgt) in enumerate(criterion.match(without_aux, targets)):
         result[f"match{i}.src"], result[f"match{i}.tgt"] = src, tgt
     return result
 
 
 def run_training(tmp_dir: Path) -> dict[str, torch.Tensor]:
-    """Two epochs of ``main.main`` on a small synthetic dataset, evaluating after each: the log's numbers."""
-    import main
-    from datasets.synthetic import generate
+    """Two epochs of ``run.run`` on a small synthetic dataset, evaluating after each: the log's numbers."""
+    from run import run
+    from tools.data.synthetic import generate
 
     coco = generate(tmp_dir / "data", num_train=16, num_val=6, image_size=64, seed=3)
     flags = [f for f in TINY if f not in ("--num_classes", str(NUM_CLASSES))]
     args = _parse(flags + ["--coco_path", str(coco), "--epochs", "2", "--batch_size", "4", "--image_size", "64",
                            "--num_workers", "0", "--print_freq", "100", "--lr", "3e-4", "--lr_backbone", "3e-4",
                            "--output_dir", str(tmp_dir / "out")])
-    main.main(args)
+    run(args)
     log = [json.loads(line) for line in (tmp_dir / "out" / "log.txt").read_text().splitlines()]
     result = {}
     for entry in log:

@@ -3,12 +3,13 @@ import pytest
 import torch
 from torch import nn
 
+import cli
 import hubconf
-import main as detr_main
 from models.backbone import BackboneBase, Joiner
 from models.detr import DETR, build
+from models.detr.transformer import Transformer
+from models.param_groups import build_param_groups
 from models.position_encoding import PositionEmbeddingSine
-from models.transformer import Transformer
 from util.nested_tensor import nested_tensor_from_tensor_list
 
 NUM_CLASSES = 5
@@ -161,7 +162,7 @@ def test_lr_backbone_zero_freezes_the_whole_backbone(tiny_args):
 
 def test_build_param_groups_by_identity(tiny_args):
     model = _tiny(tiny_args, "--backbone_trainable_layers", "3")
-    groups = detr_main.build_param_groups(model, lr_backbone=1e-5)
+    groups = build_param_groups(model, lr_backbone=1e-5)
     assert len(groups) == 2 and groups[1]["lr"] == 1e-5
     backbone_trainable = [p for p in model.backbone.parameters() if p.requires_grad]
     others = [p for name, m in model.named_children() if name != "backbone" for p in m.parameters()]
@@ -182,25 +183,47 @@ def test_model_accepts_nested_tensor(tiny_args):
 
 
 def test_imagenet_weights_are_requested_only_when_training_starts_from_them(monkeypatch):
-    import torchvision
 
-    from models.backbone import build_backbone, wants_imagenet_weights
+    from models.backbone import wants_imagenet_weights
 
-    parse = detr_main.get_args_parser().parse_args
+    parse = cli.get_args_parser().parse_args
     assert wants_imagenet_weights(parse([]))
     for flags in (["--eval"], ["--resume", "x.pth"], ["--finetune_from", "x.pth"], ["--no_pretrained_backbone"]):
         assert not wants_imagenet_weights(parse(flags)), flags
 
+
+
+def test_missing_imagenet_weights_without_network_fail_early_with_the_file_to_copy(monkeypatch, tmp_path):
+    from urllib.error import URLError
+
+    import torchvision
+
+    from models.backbone import build_backbone, imagenet_weights_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
     requested = []
 
-    def fake_download(self, *args, **kwargs):
-        requested.append(self.url)
-        raise RuntimeError("stop after recording the request")
+    def no_network(url, dst, *args, **kwargs):
+        requested.append(url)
+        raise URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", fake_download)
-    with pytest.raises(RuntimeError, match="stop after recording"):
-        build_backbone(parse(["--backbone", "resnet18", "--device", "cpu"]))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    args = cli.get_args_parser().parse_args(["--backbone", "resnet18", "--device", "cpu"])
+    with pytest.raises(FileNotFoundError) as excinfo:
+        build_backbone(args)
+    expected = imagenet_weights_file("resnet18")
+    assert expected == tmp_path / "hub" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     assert requested == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url]
+    message = str(excinfo.value)
+    assert str(expected) in message and "--no_pretrained_backbone" in message and "\n" not in message
+
+    # Once the file is where the message says, the backbone starts from it without any download.
+    weights = torchvision.models.resnet18().state_dict()
+    expected.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(weights, expected)
+    backbone = build_backbone(args)[0].body
+    assert torch.equal(backbone.layer1[0].conv1.weight, weights["layer1.0.conv1.weight"])
+    assert len(requested) == 1
 
 
 def test_frozen_stages_keep_batchnorm_statistics_in_training():

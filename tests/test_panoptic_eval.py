@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-import datasets.panoptic_eval as panoptic_eval_module
-from datasets.panoptic_eval import PanopticEvaluator, PQStat, format_pq_table, pq_compute, pq_stat_single
+import evaluation.panoptic_eval as panoptic_eval_module
+from evaluation.panoptic_eval import PanopticEvaluator, PQStat, format_pq_table, pq_compute, pq_stat_single
 from util.panoptic_png import encode_panoptic_png, read_panoptic_png
 
 PERSON, CAR, SKY, GRASS = 1, 3, 17, 21  # not 1..N, to catch index/id mix-ups

@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-import main as detr_main
-from datasets.synthetic import generate
+import cli
+from run import run
+from tools.data.synthetic import generate
 
 SEGM_FLAGS = [
     "--backbone", "resnet18", "--no_pretrained_backbone", "--backbone_norm", "bn", "--backbone_trainable_layers", "4",
@@ -22,7 +23,7 @@ def tiny_panoptic(tmp_path_factory):
 
 
 def _args(data, out, *extra):
-    return detr_main.get_args_parser().parse_args([
+    return cli.get_args_parser().parse_args([
         *SEGM_FLAGS, "--dataset_file", "coco_panoptic", "--coco_path", str(data), "--coco_panoptic_path", str(data),
         "--output_dir", str(out), *extra])
 
@@ -30,7 +31,7 @@ def _args(data, out, *extra):
 @pytest.fixture(scope="module")
 def box_model(tiny_panoptic, tmp_path_factory):
     out = tmp_path_factory.mktemp("box")
-    stats = detr_main.main(_args(tiny_panoptic, out))
+    stats = run(_args(tiny_panoptic, out))
     return out / "checkpoint.pth", stats
 
 
@@ -44,7 +45,7 @@ def test_box_stage_trains_on_things_and_stuff(box_model):
 @pytest.fixture(scope="module")
 def mask_model(tiny_panoptic, box_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("masks")
-    stats = detr_main.main(_args(tiny_panoptic, out, "--masks", "--frozen_weights", str(box_model[0])))
+    stats = run(_args(tiny_panoptic, out, "--masks", "--frozen_weights", str(box_model[0])))
     return out, stats
 
 
@@ -67,7 +68,7 @@ def test_mask_stage_keeps_the_box_model_and_reports_pq(tiny_panoptic, box_model,
     log = [json.loads(line) for line in (tmp_path / "log.txt").read_text().splitlines()]
     assert log[-1]["test_PQ_all"] == stats["PQ_all"]
     # evaluating the saved model again gives the same numbers
-    again = detr_main.main(_args(tiny_panoptic, tmp_path / "eval", "--masks", "--eval", "--resume",
+    again = run(_args(tiny_panoptic, tmp_path / "eval", "--masks", "--eval", "--resume",
                                  str(tmp_path / "checkpoint.pth")))
     assert again["PQ_all"] == pytest.approx(stats["PQ_all"])
     assert again["coco_eval_masks"] == pytest.approx(stats["coco_eval_masks"])
@@ -76,14 +77,14 @@ def test_mask_stage_keeps_the_box_model_and_reports_pq(tiny_panoptic, box_model,
 def test_frozen_weights_that_do_not_fit_name_the_flag(tiny_panoptic, box_model, tmp_path):
     checkpoint, _ = box_model
     with pytest.raises(ValueError, match="--frozen_weights"):
-        detr_main.main(_args(tiny_panoptic, tmp_path, "--masks", "--frozen_weights", str(checkpoint),
+        run(_args(tiny_panoptic, tmp_path, "--masks", "--frozen_weights", str(checkpoint),
                              "--num_queries", "6"))
 
 
 def test_instance_masks_on_coco_detection_data(tiny_coco, tmp_path):
-    args = detr_main.get_args_parser().parse_args([*SEGM_FLAGS, "--masks", "--coco_path", str(tiny_coco),
+    args = cli.get_args_parser().parse_args([*SEGM_FLAGS, "--masks", "--coco_path", str(tiny_coco),
                                                    "--output_dir", str(tmp_path)])
-    stats = detr_main.main(args)
+    stats = run(args)
     assert len(stats["coco_eval_masks"]) == 12 and "PQ_all" not in stats
     log = json.loads((tmp_path / "log.txt").read_text().splitlines()[-1])
     assert "train_loss_mask" in log and "train_loss_dice" in log
@@ -93,20 +94,20 @@ def test_checkpoints_move_between_box_and_segmentation_models(tiny_panoptic, box
     box_state = torch.load(box_model[0], weights_only=True)["model"]
     segm_checkpoint = mask_model[0] / "checkpoint.pth"
     # a segmentation checkpoint's box model as --frozen_weights (e.g. the official panoptic files), evaluated
-    stats = detr_main.main(_args(tiny_panoptic, tmp_path / "a", "--masks", "--frozen_weights", str(segm_checkpoint),
+    stats = run(_args(tiny_panoptic, tmp_path / "a", "--masks", "--frozen_weights", str(segm_checkpoint),
                                  "--eval"))
     assert "PQ_all" in stats
     # a box checkpoint fine-tuned into a mask model loads into its box part
     args = _args(tiny_panoptic, tmp_path / "b", "--masks", "--finetune_from", str(box_model[0]), "--lr", "0",
                  "--lr_backbone", "0")
-    detr_main.main(args)
+    run(args)
     tuned = torch.load(tmp_path / "b" / "checkpoint.pth", weights_only=True)["model"]
     torch.testing.assert_close(tuned["detr.class_embed.weight"], box_state["class_embed.weight"])
 
 
 def test_class_count_mismatch_says_which_num_classes(tiny_panoptic, box_model, tmp_path):
     with pytest.raises(ValueError, match="the checkpoint has 21 classes and this run 30: add --num_classes 21"):
-        detr_main.main(_args(tiny_panoptic, tmp_path, "--eval", "--resume", str(box_model[0]), "--num_classes", "30"))
+        run(_args(tiny_panoptic, tmp_path, "--eval", "--resume", str(box_model[0]), "--num_classes", "30"))
     with pytest.raises(ValueError, match="exclusive"):
-        detr_main.main(_args(tiny_panoptic, tmp_path, "--masks", "--frozen_weights", str(box_model[0]),
+        run(_args(tiny_panoptic, tmp_path, "--masks", "--frozen_weights", str(box_model[0]),
                              "--finetune_from", str(box_model[0])))

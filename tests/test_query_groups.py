@@ -4,6 +4,7 @@ import torch
 
 from models.detr import build
 from models.matcher import HungarianMatcher
+from models.query_groups import QueryGroups
 
 
 def _random_outputs(batch: int, queries: int, classes: int, seed: int) -> dict:
@@ -46,11 +47,11 @@ def test_grouped_matching_rejects_uneven_groups():
 
 def test_identical_groups_give_the_single_group_losses(tiny_args, tiny_coco):
     """Two copies of the same predictions: each box loss sums over twice the matches and divides by twice the boxes."""
-    args = tiny_args(tiny_coco, "--num_classes", "6", "--no_aux_loss")
+    args = tiny_args(tiny_coco, "--num_classes", "6", "--no_aux_loss", "--num_queries", "4", "--query_groups", "2")
     _, criterion, _ = build(args)
-    single = _random_outputs(2, 4, 6, seed=1)
+    single = _random_outputs(2, 4, 6, seed=1)  # the first group alone, as in evaluation
     targets = _targets([2, 3], 6, seed=1)
-    doubled = {k: torch.cat([v, v], dim=1) for k, v in single.items()} | {"query_groups": 2}
+    doubled = {k: torch.cat([v, v], dim=1) for k, v in single.items()}
     one, two = criterion(single, targets), criterion(doubled, targets)
     for key in ("loss_ce", "loss_bbox", "loss_giou", "cardinality_error", "class_error"):
         assert two[key].item() == pytest.approx(one[key].item(), rel=1e-5), key
@@ -63,11 +64,29 @@ def test_model_trains_with_all_groups_and_predicts_with_the_first(tiny_args, tin
     images = [torch.rand(3, 64, 64), torch.rand(3, 48, 64)]
     model.train()
     out = model(images)
-    assert out["pred_logits"].shape == (2, 8 * 3, 7) and out["query_groups"] == 3
+    assert out["pred_logits"].shape == (2, 8 * 3, 7)
     assert all(aux["pred_boxes"].shape == (2, 24, 4) for aux in out["aux_outputs"])
     model.eval()
     out = model(images)
-    assert out["pred_logits"].shape == (2, 8, 7) and "query_groups" not in out
+    assert out["pred_logits"].shape == (2, 8, 7)
+
+
+def test_query_groups_object():
+    groups = QueryGroups(num_queries=2, groups=3)
+    table = torch.arange(6.0)[:, None]
+    assert torch.equal(groups.queries(table, training=True), table)
+    assert torch.equal(groups.queries(table, training=False), table[:2])
+    mask = groups.self_attention_mask(training=True, device=torch.device("cpu"))
+    expected = torch.tensor([[0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1], [1, 1, 0, 0, 1, 1], [1, 1, 0, 0, 1, 1],
+                             [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+    assert groups.self_attention_mask(training=False, device=torch.device("cpu")) is None
+    assert QueryGroups(2, 1).self_attention_mask(training=True, device=torch.device("cpu")) is None
+    assert groups.groups_in({"pred_logits": torch.zeros(1, 6, 3)}) == 3
+    assert groups.groups_in({"pred_logits": torch.zeros(1, 2, 3)}) == 1
+    assert torch.equal(groups.first_group(torch.arange(12).view(2, 6)), torch.tensor([[0, 1], [6, 7]]))
+    with pytest.raises(ValueError, match="at least 1"):
+        QueryGroups(2, 0)
 
 
 def test_groups_do_not_see_each_other(tiny_args, tiny_coco):

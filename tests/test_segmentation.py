@@ -9,20 +9,20 @@ import torch
 import torchvision
 from PIL import Image
 
+import cli
 import hubconf
-import main as detr_main
 from models import build_model
 from models.detr import SetCriterion
-from models.matcher import HungarianMatcher
-from models.segmentation import (
+from models.detr.segmentation import (
     DETRsegm,
     MaskHeadSmallConv,
     MHAttentionMap,
     PostProcessPanoptic,
     PostProcessSegm,
-    dice_loss,
-    sigmoid_focal_loss,
 )
+from models.losses import dice_loss, sigmoid_focal_loss
+from models.matcher import HungarianMatcher
+from models.param_groups import build_param_groups
 from util.panoptic_png import rgb2id
 
 TINY_SEGM = ["--backbone", "resnet18", "--no_pretrained_backbone", "--backbone_norm", "bn", "--hidden_dim", "64",
@@ -31,7 +31,7 @@ TINY_SEGM = ["--backbone", "resnet18", "--no_pretrained_backbone", "--backbone_n
 
 
 def tiny_segm_args(*extra):
-    return detr_main.get_args_parser().parse_args([*TINY_SEGM, *extra])
+    return cli.get_args_parser().parse_args([*TINY_SEGM, *extra])
 
 
 def test_dice_loss_hand_computed():
@@ -133,7 +133,7 @@ def test_frozen_detr_stays_fixed_while_the_mask_head_learns():
     model.train()
     assert not model.detr.training and model.mask_head.training
     assert all(not p.requires_grad for p in model.detr.parameters())
-    groups = detr_main.build_param_groups(model, lr_backbone=1e-5)
+    groups = build_param_groups(model, lr_backbone=1e-5)
     optimizer = torch.optim.AdamW(groups, lr=1e-3)
     assert sum(len(g["params"]) for g in groups) == len([p for p in model.parameters() if p.requires_grad]) > 0
     images = [torch.rand(3, 64, 64), torch.rand(3, 64, 48)]

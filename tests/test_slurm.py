@@ -1,6 +1,6 @@
 """run_with_submitit.py: sbatch parameters from flags (no cluster), and real jobs on a local SLURM cluster.
 
-The cluster tests start tools/slurm_local.sh (installing SLURM where root and apt-get are available) and are
+The cluster tests start tools/slurm/slurm_local.sh (installing SLURM where root and apt-get are available) and are
 skipped, with its message, where that is impossible.
 """
 import json
@@ -16,7 +16,7 @@ import run_with_submitit as launcher
 from tests.conftest import TINY_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
-SLURM_LOCAL = REPO / "tools" / "slurm_local.sh"
+SLURM_LOCAL = REPO / "tools" / "slurm" / "slurm_local.sh"
 CPU_JOB = ["--ngpus", "0", "--ntasks_per_node", "2", "--cpus_per_task", "1", "--mem_gb", "2", "--timeout", "5",
            "--signal_delay_s", "30"]
 
@@ -46,6 +46,10 @@ def test_dry_run_cpu_tasks_and_job_dir(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "#SBATCH --ntasks-per-node=3" in printed and "#SBATCH --mem=7GB" in printed
     assert "gpus" not in printed.split("# arguments for main.py:")[0]
+    # without --mem_gb a CPU job asks for no memory, so SLURM's per-node default applies (no 80 GB request)
+    launcher.main(["--coco_path", "/data", "--output_dir", str(tmp_path / "o"), "--ngpus", "0",
+                   "--ntasks_per_node", "2", "--dry_run"])
+    assert "--mem" not in capsys.readouterr().out
     assert f"--output={tmp_path / 'j'}/%j_0_log.out" in printed and "#   device: 'cpu'" in printed
 
 
@@ -74,7 +78,7 @@ def test_trainer_sets_up_the_job_and_requeues_itself(monkeypatch, tmp_path):
     monkeypatch.setenv("MASTER_PORT", "1")  # a stale value from the submitting shell is not used
     monkeypatch.setattr(submitit, "JobEnvironment", FakeJob)
     seen = {}
-    monkeypatch.setattr(launcher.detr_main, "main", lambda args: seen.update(vars(args)) or {"ok": 1})
+    monkeypatch.setattr(launcher, "run", lambda args: seen.update(vars(args)) or {"ok": 1})
     args = launcher.main_args(launcher.resolve(launcher.get_launcher_parser().parse_args(
         ["--coco_path", "/data", "--output_dir", str(tmp_path), "--ngpus", "0"])))
     trainer = launcher.Trainer(args)
@@ -165,3 +169,23 @@ def test_signalled_job_requeues_and_resumes(slurm_cluster, tiny_coco, tmp_path):
     logged = [json.loads(line)["epoch"] for line in log_file.read_text().splitlines()]
     assert logged[0] == 0 and logged[-1] == epochs - 1
     assert logged == sorted(set(logged))  # continued, never started over
+
+
+def test_submission_without_network_for_imagenet_weights_stops_before_submitting(tmp_path, monkeypatch, capsys):
+    from urllib.error import URLError
+
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+
+    def no_network(*args, **kwargs):
+        raise URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    monkeypatch.setattr(launcher.submitit, "SlurmExecutor", lambda **kw: pytest.fail("submitted"))
+    with pytest.raises(SystemExit) as excinfo:
+        launcher.main(["--coco_path", "/data", "--output_dir", str(tmp_path / "o"), "--ngpus", "0",
+                       "--backbone", "resnet18"])
+    message = str(excinfo.value)
+    assert message.startswith("error: --backbone resnet18 starts from ImageNet weights")
+    assert "resnet18-f37072fd.pth" in message and "--no_pretrained_backbone" in message

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/env.sh requirements.txt
-.venv/bin/python -m datasets.synthetic --out data/synthetic --num_train 2000 --num_val 200 --image_size 128 --seed 0
+.venv/bin/python -m tools.data.synthetic --out data/synthetic --num_train 2000 --num_val 200 --image_size 128 --seed 0
 rm -rf outputs/demo
 start=$(date +%s)
 .venv/bin/python main.py --config configs/demo_cpu.yaml --coco_path data/synthetic --output_dir outputs/demo "$@"

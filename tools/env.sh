@@ -9,9 +9,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "creating .venv with $($python --version)"
   "$python" -m venv .venv
 fi
-stamp=".venv/.installed-$(cat "$req" requirements.txt | sha256sum | cut -c1-16)-$(basename "$req")"
+stamp=".venv/.installed-$(cat "$req" requirements.txt pyproject.toml | sha256sum | cut -c1-16)-$(basename "$req")"
 if [ ! -f "$stamp" ]; then
-  echo "installing $req into .venv"
+  echo "installing $req and this repository (editable) into .venv"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req"
+  # the repository itself, so its packages import from anywhere; the pinned requirements above are its dependencies
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
   touch "$stamp"
 fi

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/env.sh requirements.txt
 data=data/synthetic_panoptic
-.venv/bin/python -m datasets.synthetic --out "$data" --num_train 2000 --num_val 200 --image_size 128 --seed 0 --panoptic
+.venv/bin/python -m tools.data.synthetic --out "$data" --num_train 2000 --num_val 200 --image_size 128 --seed 0 --panoptic
 rm -rf outputs/panoptic_box outputs/panoptic_masks
 start=$(date +%s)
 .venv/bin/python main.py --config configs/panoptic_demo_cpu.yaml --coco_path "$data" --coco_panoptic_path "$data" \

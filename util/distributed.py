@@ -94,6 +94,12 @@ def _first_slurm_host() -> str:
         return first_host(nodelist)
 
 
+def job_port(job_id: str) -> int:
+    """The rendezvous port of a SLURM job, the same in all its tasks: 20000-29999 (below Linux's ephemeral ports).
+    An array job's id ``123_4`` uses its base id."""
+    return 20000 + int(job_id.split("_")[0]) % 10000
+
+
 def detect_dist_env() -> DistEnv | None:
     """Read the launcher's variables: torchrun's (RANK/WORLD_SIZE/LOCAL_RANK) first, then SLURM's.
 
@@ -105,31 +111,38 @@ def detect_dist_env() -> DistEnv | None:
         return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         env.setdefault("MASTER_ADDR", _first_slurm_host())
-        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 10000))
+        env.setdefault("MASTER_PORT", str(job_port(env.get("SLURM_JOB_ID", "0"))))
         return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
     return None
 
 
-def init_distributed_mode(args) -> None:
-    """Start the process group when launched by torchrun or SLURM; sets ``args.distributed``, ``args.rank``,
-    ``args.world_size``, ``args.gpu`` and ``args.dist_backend`` (NCCL on CUDA, gloo otherwise)."""
+@dataclass(frozen=True)
+class ProcessSetup:
+    """This process in the run: ``distributed`` (a process group was started), ``rank``, ``world_size``, the CUDA
+    device index ``gpu`` (None on CPU), the ``device`` to compute on and the collective ``backend``."""
+
+    distributed: bool
+    rank: int
+    world_size: int
+    gpu: int | None
+    device: str
+    backend: str | None
+
+
+def init_distributed(device: str, dist_url: str = "env://") -> ProcessSetup:
+    """Start the process group when launched by torchrun or SLURM (NCCL on CUDA, gloo otherwise); a plain single
+    process gets ``distributed=False`` and keeps ``device``."""
     found = detect_dist_env()
     if found is None:
-        args.distributed = False
-        args.rank, args.world_size, args.gpu = 0, 1, None
-        return
-    args.distributed = True
-    args.rank, args.world_size = found.rank, found.world_size
-    use_cuda = str(args.device).startswith("cuda") and torch.cuda.is_available()
-    if use_cuda:
-        args.gpu = found.local_rank % torch.cuda.device_count()
-        torch.cuda.set_device(args.gpu)
-        args.device = f"cuda:{args.gpu}"
-    else:
-        args.gpu = None
-    args.dist_backend = "nccl" if use_cuda else "gloo"
-    print(f"| distributed init (rank {args.rank}/{args.world_size}, {args.dist_backend}) on {socket.gethostname()}: "
-          f"{args.dist_url}", flush=True)
-    dist.init_process_group(backend=args.dist_backend, init_method=args.dist_url,
-                            world_size=args.world_size, rank=args.rank)
+        return ProcessSetup(False, 0, 1, None, device, None)
+    use_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+    gpu = found.local_rank % torch.cuda.device_count() if use_cuda else None
+    if gpu is not None:
+        torch.cuda.set_device(gpu)
+        device = f"cuda:{gpu}"
+    backend = "nccl" if use_cuda else "gloo"
+    print(f"| distributed init (rank {found.rank}/{found.world_size}, {backend}) on {socket.gethostname()}: "
+          f"{dist_url}", flush=True)
+    dist.init_process_group(backend=backend, init_method=dist_url, world_size=found.world_size, rank=found.rank)
     dist.barrier()
+    return ProcessSetup(True, found.rank, found.world_size, gpu, device, backend)

@@ -75,9 +75,4 @@ class CoordAttn(ZeroInitGate):
     out. Defaults are the paper's (reduction 32 with at least 8 channels, h-swish, sigmoid) except the norm, a
     per-position LayerNorm instead of BatchNorm (see the module docstring)."""
 
-    def __init__(self, channels: int, rd_ratio: float = 1 / 32, rd_channels: int | None = None,
-                 min_rd_channels: int = 8, act_layer: Callable[[], nn.Module] = nn.Hardswish,
-                 norm_layer: Callable[[int], nn.Module] = LayerNorm2d,
-                 gate_layer: Callable[[], nn.Module] = nn.Sigmoid):
-        super().__init__(CaAttn(channels, rd_ratio, rd_channels, min_rd_channels, act_layer, norm_layer,
-                                         gate_layer))
+    paper_module = CaAttn

@@ -92,7 +92,4 @@ class Cbam(ZeroInitGate):
     Defaults are the paper's: reduction ratio 16, ReLU, 7x7 spatial kernel, sigmoid gates.
     """
 
-    def __init__(self, channels: int, rd_ratio: float = 1 / 16, rd_channels: int | None = None,
-                 spatial_kernel_size: int = 7, act_layer: Callable[[], nn.Module] = nn.ReLU,
-                 gate_layer: Callable[[], nn.Module] = nn.Sigmoid):
-        super().__init__(CbamAttn(channels, rd_ratio, rd_channels, spatial_kernel_size, act_layer, gate_layer))
+    paper_module = CbamAttn

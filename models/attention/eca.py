@@ -52,6 +52,4 @@ class EcaAttn(nn.Module):
 class EfficientChannelAttn(ZeroInitGate):
     """ECA behind a zero-initialised scale: ``x + gamma * (ECA(x) - x)``; ``[B, C, H, W] -> [B, C, H, W]``."""
 
-    def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = 2, beta: float = 1,
-                 gate_layer: Callable[[], nn.Module] = nn.Sigmoid):
-        super().__init__(EcaAttn(channels, kernel_size, gamma, beta, gate_layer))
+    paper_module = EcaAttn

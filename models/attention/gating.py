@@ -8,17 +8,19 @@ from models.attention.base import AttentionBlock, zero_scalar
 class ZeroInitGate(AttentionBlock):
     """``y = x + gamma * (attn(x, mask) - x)`` with a learnable scalar ``gamma`` starting at 0.
 
-    ``attn`` is the paper's module: ``attn(x, mask) -> gate(x) * x`` ``[B, C, H, W]``. At ``gamma = 0`` the block is
-    exactly the identity (a pretrained backbone is unchanged); at ``gamma = 1`` it is exactly the paper's block.
-    Subclasses only build ``attn``.
+    ``attn`` is the paper's module, the class ``paper_module`` built as ``paper_module(channels, **kwargs)`` (its
+    signature holds the paper's defaults): ``attn(x, mask) -> gate(x) * x`` ``[B, C, H, W]``. At ``gamma = 0`` the
+    block is exactly the identity (a pretrained backbone is unchanged); at ``gamma = 1`` it is exactly the paper's
+    block. Subclasses only name ``paper_module``.
     """
 
     positions = ("block", "stage")
     default_position = "block"
+    paper_module: type[nn.Module]
 
-    def __init__(self, attn: nn.Module):
+    def __init__(self, channels: int, **kwargs):
         super().__init__()
-        self.attn = attn
+        self.attn = self.paper_module(channels, **kwargs)
         self.gamma = zero_scalar()
 
     def reset_parameters(self) -> None:

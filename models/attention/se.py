@@ -44,6 +44,4 @@ class SqueezeExcite(ZeroInitGate):
     Defaults are the paper's: reduction ratio 16, ReLU, sigmoid.
     """
 
-    def __init__(self, channels: int, rd_ratio: float = 1 / 16, rd_channels: int | None = None,
-                 act_layer: Callable[[], nn.Module] = nn.ReLU, gate_layer: Callable[[], nn.Module] = nn.Sigmoid):
-        super().__init__(SEAttn(channels, rd_ratio, rd_channels, act_layer, gate_layer))
+    paper_module = SEAttn

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # A single-node SLURM cluster on localhost, for trying run_with_submitit.py on one machine and for the tests.
 #
-#   bash tools/slurm_local.sh start   # install (Debian/Ubuntu, as root) and start munged, slurmctld, slurmd
-#   bash tools/slurm_local.sh stop    # stop the daemons started here
-#   bash tools/slurm_local.sh env     # print the exports that point SLURM's commands at this cluster
+#   bash tools/slurm/slurm_local.sh start   # install (Debian/Ubuntu, as root) and start munged, slurmctld, slurmd
+#   bash tools/slurm/slurm_local.sh stop    # stop the daemons started here
+#   bash tools/slurm/slurm_local.sh env     # print the exports that point SLURM's commands at this cluster
 #
 # Everything (config, state, spool, logs, pids) lives in $SLURM_LOCAL_DIR (default /tmp/slurm_local). No systemd,
-# no cgroups, no accounting database: tools/slurm_local/bin/sacct answers submitit's state queries from scontrol.
+# no cgroups, no accounting database: tools/slurm/bin/sacct answers submitit's state queries from scontrol.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 dir=${SLURM_LOCAL_DIR:-/tmp/slurm_local}
@@ -15,7 +15,7 @@ conf=$dir/slurm.conf
 
 print_env() {
   echo "export SLURM_CONF=$conf"
-  echo "export PATH=$here/slurm_local/bin:\$PATH"
+  echo "export PATH=$here/bin:\$PATH"
 }
 
 install_packages() {

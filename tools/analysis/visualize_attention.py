@@ -1,7 +1,8 @@
 """Pictures of what DETR and its backbone attention blocks look at, for one image.
 
-Usage: python tools/visualize_attention.py --config configs/demo_cpu_gc.yaml --resume outputs/x/checkpoint.pth \\
-           --image data/synthetic/val2017/000002001.jpg --out outputs/vis [--pixel 0.5 0.5] [--threshold 0.7]
+Usage: python -m tools.analysis.visualize_attention --config configs/demo_cpu_gc.yaml \\
+           --resume outputs/x/checkpoint.pth --image data/synthetic/val2017/000002001.jpg --out outputs/vis \\
+           [--pixel 0.5 0.5] [--threshold 0.7]
 
 Writes to --out:
 - ``detections.png``: the image with the predicted boxes (score >= --threshold);
@@ -13,24 +14,21 @@ Writes to --out:
 Blocks expose their maps through ``attention_maps(x, mask, query)``; see models/attention.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import main as detr_main  # noqa: E402
-from datasets.coco import make_coco_transforms  # noqa: E402
-from models import build_model  # noqa: E402
-from util.checkpoint import load_checkpoint, load_matching_state_dict  # noqa: E402
-from util.config import parse_args_with_config  # noqa: E402
-from util.nested_tensor import nested_tensor_from_tensor_list  # noqa: E402
+import cli
+from datasets.coco import make_coco_transforms
+from models import build_model
+from util.checkpoint import load_checkpoint, load_matching_state_dict
+from util.config import parse_args_with_config
+from util.nested_tensor import nested_tensor_from_tensor_list
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("DETR attention pictures", parents=[detr_main.get_args_parser()])
+    parser = argparse.ArgumentParser("DETR attention pictures", parents=[cli.get_args_parser()])
     parser.add_argument("--image", required=True, help="image file")
     parser.add_argument("--out", default="outputs/vis", help="folder for the PNGs")
     parser.add_argument("--pixel", type=float, nargs=2, default=(0.5, 0.5), metavar=("Y", "X"),

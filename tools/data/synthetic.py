@@ -1,6 +1,6 @@
 """A small synthetic detection (or panoptic) dataset of coloured shapes, written in the full COCO 2017 layout.
 
-    python -m datasets.synthetic --out data/shapes --num_train 2000 --num_val 200 --image_size 128 --seed 0
+    python -m tools.data.synthetic --out data/shapes --num_train 2000 --num_val 200 --image_size 128 --seed 0
 
 writes ``DIR/train2017/*.jpg``, ``DIR/val2017/*.jpg``, ``DIR/annotations/instances_{train,val}2017.json`` and
 ``DIR/synthetic_params.json``, so ``--coco_path DIR`` works unchanged. Category ids are non-contiguous as in COCO
@@ -309,7 +309,7 @@ def _write_split(out_dir: Path, folder: str, num_images: int, first_image_id: in
             png_name = f"{image_id:012d}.png"
             (png_dir / png_name).write_bytes(encode_panoptic_png(id_map))
             panoptic_annotations.append({"image_id": image_id, "file_name": png_name, "segments_info": segments_info})
-    info = {"description": "synthetic shapes (datasets/synthetic.py)", "version": str(GENERATOR_VERSION)}
+    info = {"description": "synthetic shapes (tools/data/synthetic.py)", "version": str(GENERATOR_VERSION)}
     coco = {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": CATEGORIES}
     if not panoptic:
         return coco, None
@@ -352,7 +352,7 @@ def generate(out_dir: str | Path, num_train: int = 1000, num_val: int = 200, ima
                 shutil.rmtree(path)
     elif any(p.exists() for p in owned):
         raise FileExistsError(f"{out_dir} already has train2017/, val2017/, annotations/ or panoptic_*2017/ not "
-                              f"written by datasets.synthetic (no {PARAMS_FILE}); refusing to overwrite, choose "
+                              f"written by tools.data.synthetic (no {PARAMS_FILE}); refusing to overwrite, choose "
                               f"another --out")
 
     start = time.perf_counter()

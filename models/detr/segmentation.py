@@ -8,21 +8,23 @@ instance masks; ``PostProcessPanoptic`` merges things and stuff into a COCO pano
 
 Parameter names are the official ones, so the official panoptic checkpoints load with ``strict=True``.
 """
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
+from torch import Tensor, nn
 
+from models.detr.detr import DETR, DecodeResult
 from util.nested_tensor import NestedTensor
 from util.panoptic_png import encode_panoptic_png
 
-if TYPE_CHECKING:
-    from models.detr import DETR
-
 GROUP_NORM_GROUPS = 8
+COCO_PANOPTIC_LAST_THING = 90  # COCO panoptic category ids 1..90 are things, 92..200 stuff
+
+
+def coco_panoptic_is_thing_map(num_classes: int = 201) -> dict[int, bool]:
+    """COCO panoptic's rule, for models used without their annotation file: class id -> True for things."""
+    return {i: i <= COCO_PANOPTIC_LAST_THING for i in range(num_classes)}
 
 
 class DETRsegm(nn.Module):
@@ -34,7 +36,9 @@ class DETRsegm(nn.Module):
     boxes and features it will see at test time.
     """
 
-    def __init__(self, detr: "DETR", freeze_detr: bool = False):
+    __jit_unused_properties__ = ["backbone"]
+
+    def __init__(self, detr: DETR, freeze_detr: bool = False):
         super().__init__()
         self.detr = detr
         self.freeze_detr = freeze_detr
@@ -60,18 +64,29 @@ class DETRsegm(nn.Module):
             self.detr.eval()
         return self
 
-    def forward(self, samples: NestedTensor | list[torch.Tensor] | torch.Tensor) -> dict:
+    def forward(self, samples: NestedTensor) -> dict[str, Tensor]:
         """samples as for DETR.forward. Returns DETR's outputs plus ``pred_masks`` ``[B, Q, H/4, W/4]`` logits over
         the padded batch (Q counts every query group in training)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_detr):
+        if self.freeze_detr and not torch.jit.is_scripting():
+            decoded, out = self._frozen_detr(samples)
+        else:
             decoded = self.detr.decode(samples)
-        out = dict(decoded.outputs)
-        bs, num_queries = out["pred_logits"].shape[:2]
-        bbox_mask = self.bbox_attention(decoded.hs, decoded.memory, mask=decoded.mask)
-        fpns = [f.tensors for f in decoded.features[-2::-1]]
+            out = self.detr.predict(decoded.hs)
+        hs = decoded.hs[-1]
+        bs, num_queries = hs.shape[:2]
+        bbox_mask = self.bbox_attention(hs, decoded.memory, mask=decoded.mask)
+        fpns = [f.tensors for f in decoded.features[:-1]]
+        fpns.reverse()
         seg_masks = self.mask_head(decoded.src_proj, bbox_mask, fpns)
         out["pred_masks"] = seg_masks.view(bs, num_queries, seg_masks.shape[-2], seg_masks.shape[-1])
         return out
+
+    @torch.jit.unused
+    def _frozen_detr(self, samples: NestedTensor) -> tuple[DecodeResult, dict]:
+        """The frozen box model's pass, without gradients."""
+        with torch.no_grad():
+            decoded = self.detr.decode(samples)
+            return decoded, self.detr.predict(decoded.hs)
 
 
 def _expand(tensor: torch.Tensor, length: int) -> torch.Tensor:
@@ -91,6 +106,8 @@ class MaskHeadSmallConv(nn.Module):
     def __init__(self, dim: int, fpn_dims: list[int], context_dim: int):
         super().__init__()
         levels = len(fpn_dims)
+        if levels not in (2, 3):
+            raise ValueError(f"the mask head takes 2 or 3 FPN levels, got {levels}")
         inter_dims = [dim] + [context_dim // 2 ** k for k in range(1, levels + 2)]
         bad = [c for c in inter_dims[: levels + 2] if c % GROUP_NORM_GROUPS]
         if bad:
@@ -107,27 +124,33 @@ class MaskHeadSmallConv(nn.Module):
         self.out_lay = nn.Conv2d(widths[-1], 1, 3, padding=1)
         for k in range(1, levels + 1):
             setattr(self, f"adapter{k}", nn.Conv2d(fpn_dims[k - 1], inter_dims[k], 1))
+        if levels == 2:
+            self.adapter3 = self.lay5 = self.gn5 = None
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight, a=1)
                 nn.init.constant_(m.bias, 0)
 
-    def _block(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(getattr(self, f"gn{i}")(getattr(self, f"lay{i}")(x)))
-
-    def forward(self, x: torch.Tensor, bbox_mask: torch.Tensor, fpns: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: Tensor, bbox_mask: Tensor, fpns: list[Tensor]) -> Tensor:
         """x ``[B, D, h, w]``, bbox_mask ``[B, Q, heads, h, w]``, fpns coarsest first ``[B, C_k, H_k, W_k]``.
 
-        Returns mask logits ``[B * Q, 1, H_last, W_last]`` at the finest FPN input's resolution."""
+        Returns mask logits ``[B * Q, 1, H_last, W_last]`` at the finest FPN input's resolution. (Written out layer
+        by layer, as TorchScript needs; the third FPN level exists only for layer4 models.)"""
         x = torch.cat([_expand(x, bbox_mask.shape[1]), bbox_mask.flatten(0, 1)], 1)
-        x = self._block(2, self._block(1, x))
-        for k, fpn in enumerate(fpns, start=1):
-            cur_fpn = getattr(self, f"adapter{k}")(fpn)
-            if cur_fpn.size(0) != x.size(0):
-                cur_fpn = _expand(cur_fpn, x.size(0) // cur_fpn.size(0))
-            x = cur_fpn + F.interpolate(x, size=cur_fpn.shape[-2:], mode="nearest")
-            x = self._block(k + 2, x)
+        x = F.relu(self.gn1(self.lay1(x)))
+        x = F.relu(self.gn2(self.lay2(x)))
+        x = F.relu(self.gn3(self.lay3(_add_fpn(self.adapter1(fpns[0]), x))))
+        x = F.relu(self.gn4(self.lay4(_add_fpn(self.adapter2(fpns[1]), x))))
+        if self.adapter3 is not None and self.lay5 is not None and self.gn5 is not None:
+            x = F.relu(self.gn5(self.lay5(_add_fpn(self.adapter3(fpns[2]), x))))
         return self.out_lay(x)
+
+
+def _add_fpn(cur_fpn: Tensor, x: Tensor) -> Tensor:
+    """An adapted FPN map ``[B, C, H, W]`` (repeated per query to ``[B*Q, ...]``) plus ``x`` upsampled to it."""
+    if cur_fpn.size(0) != x.size(0):
+        cur_fpn = _expand(cur_fpn, x.size(0) // cur_fpn.size(0))
+    return cur_fpn + F.interpolate(x, size=cur_fpn.shape[-2:], mode="nearest")
 
 
 class MHAttentionMap(nn.Module):
@@ -161,30 +184,6 @@ class MHAttentionMap(nn.Module):
             weights = weights.masked_fill(mask.unsqueeze(1).unsqueeze(1), float("-inf"))
         weights = F.softmax(weights.flatten(2), dim=-1).view(weights.size())
         return self.dropout(weights)
-
-
-def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_boxes: float) -> torch.Tensor:
-    """DICE loss (Milletari et al. 2016) of mask logits ``[N, P]`` against binary targets ``[N, P]``, summed over
-    masks and divided by ``num_boxes``."""
-    inputs = inputs.sigmoid().flatten(1)
-    numerator = 2 * (inputs * targets).sum(1)
-    denominator = inputs.sum(-1) + targets.sum(-1)
-    loss = 1 - (numerator + 1) / (denominator + 1)
-    return loss.sum() / num_boxes
-
-
-def sigmoid_focal_loss(inputs: torch.Tensor, targets: torch.Tensor, num_boxes: float, alpha: float = 0.25,
-                       gamma: float = 2) -> torch.Tensor:
-    """Focal loss (Lin et al. 2017) of logits ``[N, P]`` against binary targets ``[N, P]``: mean over pixels, summed
-    over masks, divided by ``num_boxes``. ``alpha`` weights positives (negative: no weighting)."""
-    prob = inputs.sigmoid()
-    ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    loss = ce_loss * ((1 - p_t) ** gamma)
-    if alpha >= 0:
-        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-        loss = alpha_t * loss
-    return loss.mean(1).sum() / num_boxes
 
 
 class PostProcessSegm(nn.Module):

@@ -1,0 +1,24 @@
+"""Flags of the convolutional backbone and its positional encoding."""
+import argparse
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backbone")
+    group.add_argument("--backbone", default="resnet50", type=str, help="resnet18, resnet34, resnet50 or resnet101")
+    group.add_argument("--dilation", action="store_true",
+                       help="replace stride with dilation in the last convolutional block (DC5)")
+    group.add_argument("--position_embedding", default="sine", type=str, choices=("sine", "learned"),
+                       help="type of positional embedding to use on top of the image features")
+    group.add_argument("--no_pretrained_backbone", dest="pretrained_backbone", action="store_false",
+                       help="start the backbone from random weights instead of torchvision's ImageNet weights")
+    group.add_argument("--backbone_norm", default="frozen_bn", choices=("frozen_bn", "bn"),
+                       help="frozen BatchNorm (DETR) or trainable BatchNorm (for a backbone trained from scratch)")
+    group.add_argument("--backbone_trainable_layers", default=3, type=int, choices=range(6),
+                       help="how many ResNet stages, counted from layer4 down to the stem, are trained")
+    group.add_argument("--feature_layer", default="layer4", choices=("layer3", "layer4"),
+                       help="last backbone stage: layer4 (stride 32, DETR) or layer3 (stride 16, layer4 not computed)")
+
+
+def check(args: argparse.Namespace) -> None:
+    if args.dilation and args.feature_layer != "layer4":
+        raise ValueError("--dilation dilates layer4, which --feature_layer layer3 does not compute")

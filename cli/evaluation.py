@@ -1,0 +1,13 @@
+"""Flags of evaluation."""
+import argparse
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--eval", action="store_true", help="evaluate --resume's model on the val set, no training")
+    group.add_argument("--eval_every", default=1, type=int, help="evaluate every N epochs (and after the last)")
+
+
+def check(args: argparse.Namespace) -> None:
+    if args.eval_every < 1:
+        raise ValueError(f"--eval_every must be at least 1, got {args.eval_every}")

@@ -1,0 +1,43 @@
+"""Flags of the optimisation, checkpoints and the run itself."""
+import argparse
+
+import torch
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--lr", default=1e-4, type=float)
+    group.add_argument("--lr_backbone", default=1e-5, type=float)
+    group.add_argument("--batch_size", default=2, type=int)
+    group.add_argument("--weight_decay", default=1e-4, type=float)
+    group.add_argument("--epochs", default=300, type=int)
+    group.add_argument("--lr_drop", default=200, type=int, help="multiply the learning rates by 0.1 every N epochs")
+    group.add_argument("--lr_drop_epochs", default=None, type=int, nargs="+",
+                       help="multiply the learning rates by 0.1 at each of these epochs instead (Deformable DETR's "
+                            "flag, which its official code never reads)")
+    group.add_argument("--sgd", action="store_true", help="SGD with momentum 0.9 instead of AdamW")
+    group.add_argument("--clip_max_norm", default=0.1, type=float, help="gradient clipping max norm")
+    group.add_argument("--output_dir", default="", help="path where to save, empty for no saving")
+    group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                       help="device to use for training / testing")
+    group.add_argument("--seed", default=42, type=int)
+    group.add_argument("--resume", default="", help="resume from checkpoint (path or https URL)")
+    group.add_argument("--auto_resume", action="store_true",
+                       help="resume from OUTPUT_DIR/checkpoint.pth when it exists (what a requeued SLURM job does)")
+    group.add_argument("--finetune_from", default="",
+                       help="initialise from a checkpoint, skipping entries whose shapes differ")
+    group.add_argument("--start_epoch", default=0, type=int, metavar="N", help="start epoch")
+    group.add_argument("--print_freq", default=10, type=int, help="iterations between progress lines")
+
+
+def check(args: argparse.Namespace) -> None:
+    if args.frozen_weights and args.finetune_from:
+        raise ValueError("--frozen_weights and --finetune_from are exclusive: the first sets (and freezes) the box "
+                         "model, the second would overwrite it")
+    if args.resume and args.finetune_from:
+        raise ValueError("--resume and --finetune_from are exclusive: resume continues a run, finetune starts one")
+    for flag in ("batch_size", "epochs", "lr_drop", "print_freq"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.lr_drop_epochs and min(args.lr_drop_epochs) < 1:
+        raise ValueError(f"--lr_drop_epochs must be epochs of 1 or more, got {args.lr_drop_epochs}")

@@ -1,0 +1,1 @@
+"""Evaluation of detections and segmentations: COCO AP (pycocotools) and panoptic quality (PQ)."""

@@ -1,0 +1,149 @@
+"""DETR's set-prediction loss: match predictions to targets one-to-one, then supervise the matched pairs."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.losses import accuracy, dice_loss, sigmoid_focal_loss
+from models.query_groups import QueryGroups
+from util.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
+from util.distributed import get_world_size, is_dist_avail_and_initialized
+
+
+class SetCriterion(nn.Module):
+    """DETR's loss.
+
+    Losses (``losses`` picks among them): ``labels`` -> ``loss_ce`` (cross-entropy, no-object weighted by
+    ``eos_coef``) and logged ``class_error`` (%); ``cardinality`` -> ``cardinality_error`` (logged, no gradient);
+    ``boxes`` -> ``loss_bbox`` (L1) and ``loss_giou`` (1 - GIoU), both summed over matches and divided by the
+    number of target boxes averaged over processes; ``masks`` -> ``loss_mask`` (focal) and ``loss_dice`` (see
+    loss_masks; last decoder layer only). With ``aux_outputs`` every loss is repeated per earlier decoder layer with
+    suffix ``_0``, ``_1``, ...
+
+    ``query_groups`` (Group DETR) decides how predictions are matched; None is plain DETR. Subclasses (the other
+    architectures) replace single losses (``loss_labels``) or add intermediate outputs through ``layer_losses``.
+    """
+
+    def __init__(self, num_classes: int, matcher: nn.Module, weight_dict: dict, eos_coef: float, losses: list[str],
+                 query_groups: QueryGroups | None = None):
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weight_dict = weight_dict
+        self.eos_coef = eos_coef
+        self.losses = losses
+        self.query_groups = query_groups
+        empty_weight = torch.ones(self.num_classes + 1)
+        empty_weight[-1] = self.eos_coef
+        self.register_buffer("empty_weight", empty_weight)
+
+    def loss_labels(self, outputs, targets, indices, num_boxes, log=True) -> dict:
+        src_logits = outputs["pred_logits"]
+        idx = self._get_src_permutation_idx(indices)
+        target_classes_o = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+        target_classes = torch.full(src_logits.shape[:2], self.num_classes, dtype=torch.int64,
+                                    device=src_logits.device)
+        target_classes[idx] = target_classes_o
+        loss_ce = F.cross_entropy(src_logits.transpose(1, 2), target_classes, self.empty_weight)
+        losses = {"loss_ce": loss_ce}
+        if log:
+            losses["class_error"] = 100 - accuracy(src_logits[idx], target_classes_o)[0]
+        return losses
+
+    @torch.no_grad()
+    def loss_cardinality(self, outputs, targets, indices, num_boxes) -> dict:
+        """Absolute error in the number of predicted objects (argmax not "no object"); for logging only.
+        With query groups, the first group's count."""
+        pred_logits = outputs["pred_logits"]
+        if self.groups_in(outputs) > 1:
+            pred_logits = self.query_groups.first_group(pred_logits)
+        tgt_lengths = torch.as_tensor([len(v["labels"]) for v in targets], device=pred_logits.device)
+        card_pred = (pred_logits.argmax(-1) != pred_logits.shape[-1] - 1).sum(1)
+        return {"cardinality_error": F.l1_loss(card_pred.float(), tgt_lengths.float())}
+
+    def loss_boxes(self, outputs, targets, indices, num_boxes) -> dict:
+        idx = self._get_src_permutation_idx(indices)
+        src_boxes = outputs["pred_boxes"][idx]
+        target_boxes = torch.cat([t["boxes"][i] for t, (_, i) in zip(targets, indices)], dim=0)
+        loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="none")
+        loss_giou = 1 - paired_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes))
+        return {"loss_bbox": loss_bbox.sum() / num_boxes, "loss_giou": loss_giou.sum() / num_boxes}
+
+    def loss_masks(self, outputs, targets, indices, num_boxes) -> dict:
+        """Focal (``loss_mask``) and DICE (``loss_dice``) losses of matched ``pred_masks`` ``[B, Q, h, w]`` against
+        target ``masks`` ``[T_i, H_i, W_i]``, upsampled to the padded batch size (padding counts as background)."""
+        src_masks = outputs["pred_masks"][self._get_src_permutation_idx(indices)]
+        height = max(t["masks"].shape[-2] for t in targets)
+        width = max(t["masks"].shape[-1] for t in targets)
+        target_masks = torch.cat([_pad_to(t["masks"][j], height, width) for t, (_, j) in zip(targets, indices)])
+        target_masks = target_masks.to(src_masks)
+        src_masks = F.interpolate(src_masks[:, None], size=(height, width), mode="bilinear", align_corners=False)
+        src_masks = src_masks[:, 0].flatten(1)
+        target_masks = target_masks.flatten(1)
+        return {"loss_mask": sigmoid_focal_loss(src_masks, target_masks, num_boxes),
+                "loss_dice": dice_loss(src_masks, target_masks, num_boxes)}
+
+    @staticmethod
+    def _get_src_permutation_idx(indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch index, query index) of every matched prediction, for indexing ``[B, Q, ...]`` outputs."""
+        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+        src_idx = torch.cat([src for (src, _) in indices])
+        return batch_idx, src_idx
+
+    def get_loss(self, loss, outputs, targets, indices, num_boxes, **kwargs) -> dict:
+        loss_map = {"labels": self.loss_labels, "cardinality": self.loss_cardinality, "boxes": self.loss_boxes,
+                    "masks": self.loss_masks}
+        if loss not in loss_map:
+            raise ValueError(f"unknown loss {loss!r}; choose from {sorted(loss_map)}")
+        return loss_map[loss](outputs, targets, indices, num_boxes, **kwargs)
+
+    def groups_in(self, outputs: dict) -> int:
+        """How many query groups ``outputs`` holds (1 without Group DETR)."""
+        return 1 if self.query_groups is None else self.query_groups.groups_in(outputs)
+
+    def match(self, outputs: dict, targets: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per image (prediction indices, target indices) of the one-to-one matching."""
+        if self.query_groups is None:
+            return self.matcher(outputs, targets)
+        return self.query_groups.match(self.matcher, outputs, targets)
+
+    def num_boxes(self, targets: list[dict], device: torch.device, matches_per_target: int = 1) -> float:
+        """Number of target boxes averaged over processes (at least 1): the losses' normaliser."""
+        num_boxes = sum(len(t["labels"]) for t in targets) * matches_per_target
+        num_boxes = torch.as_tensor([num_boxes], dtype=torch.float, device=device)
+        if is_dist_avail_and_initialized():
+            torch.distributed.all_reduce(num_boxes)
+        return torch.clamp(num_boxes / get_world_size(), min=1).item()
+
+    def layer_losses(self, outputs: dict, targets: list[dict], num_boxes: float, suffix: str) -> dict:
+        """The losses of an intermediate prediction (matched on its own; no masks, no logged class error), each
+        name followed by ``suffix``."""
+        indices = self.match(outputs, targets)
+        losses = {}
+        for loss in self.losses:
+            if loss == "masks":  # only the last decoder layer predicts masks
+                continue
+            kwargs = {"log": False} if loss == "labels" else {}
+            l_dict = self.get_loss(loss, outputs, targets, indices, num_boxes, **kwargs)
+            losses.update({f"{k}{suffix}": v for k, v in l_dict.items()})
+        return losses
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict:
+        """outputs: the model's dict; targets: per image ``labels`` ``[T_i]``, ``boxes`` ``[T_i, 4]`` (cxcywh).
+
+        Returns the unweighted losses by name; weight them with ``weight_dict``.
+        """
+        outputs_without_aux = {k: v for k, v in outputs.items() if k != "aux_outputs"}
+        indices = self.match(outputs_without_aux, targets)
+        # With query groups every target is matched once per group: normalise by all matches.
+        num_boxes = self.num_boxes(targets, outputs["pred_logits"].device, self.groups_in(outputs))
+        losses = {}
+        for loss in self.losses:
+            losses.update(self.get_loss(loss, outputs, targets, indices, num_boxes))
+        for i, aux_outputs in enumerate(outputs.get("aux_outputs", [])):
+            losses.update(self.layer_losses(aux_outputs, targets, num_boxes, f"_{i}"))
+        return losses
+
+
+def _pad_to(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Zero-pad ``[N, h, w]`` at the bottom/right to ``[N, height, width]``."""
+    return F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2]))

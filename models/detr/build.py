@@ -1,0 +1,70 @@
+"""DETR from parsed flags: the model, its criterion and post-processors, its own flags and parameter groups."""
+import argparse
+
+import torch
+from torch import nn
+
+from datasets import official_num_classes
+from models.backbone import build_backbone
+from models.criterion import SetCriterion
+from models.detr.detr import DETR
+from models.detr.segmentation import DETRsegm, PostProcessPanoptic, PostProcessSegm, coco_panoptic_is_thing_map
+from models.detr.transformer import Transformer
+from models.matcher import build_matcher
+from models.param_groups import build_param_groups
+from models.postprocess import PostProcess
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("DETR (--meta_arch detr)")
+    group.add_argument("--pre_norm", action="store_true", help="layer norm before (not after) each transformer block")
+    group.add_argument("--eos_coef", default=0.1, type=float,
+                       help="relative classification weight of the no-object class")
+    group.add_argument("--query_groups", default=1, type=int,
+                       help="train with this many one-to-one matched query groups (Group DETR); 1 = DETR")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    if args.query_groups < 1:
+        raise ValueError(f"--query_groups must be at least 1, got {args.query_groups}")
+
+
+def build(args: argparse.Namespace, is_thing_map: dict[int, bool] | None = None) -> tuple[nn.Module, nn.Module, dict]:
+    """DETR, its criterion and post-processors; ``--num_classes`` defaults to the dataset's official count."""
+    num_classes = args.num_classes if args.num_classes is not None else official_num_classes(args.dataset_file)
+    if num_classes < 1:
+        raise ValueError(f"--num_classes must be a positive integer, got {num_classes}")
+    backbone = build_backbone(args)  # before the transformer: the order of random initialisation is the official one
+    transformer = Transformer(d_model=args.hidden_dim, dropout=args.dropout, nhead=args.nheads,
+                              dim_feedforward=args.dim_feedforward, num_encoder_layers=args.enc_layers,
+                              num_decoder_layers=args.dec_layers, normalize_before=args.pre_norm,
+                              return_intermediate_dec=True)
+    model = DETR(backbone, transformer, num_classes=num_classes, num_queries=args.num_queries,
+                 aux_loss=args.aux_loss, query_groups=args.query_groups)
+    if args.masks:
+        model = DETRsegm(model, freeze_detr=bool(args.frozen_weights))
+    weight_dict = {"loss_ce": 1, "loss_bbox": args.bbox_loss_coef, "loss_giou": args.giou_loss_coef}
+    if args.masks:
+        weight_dict.update({"loss_mask": args.mask_loss_coef, "loss_dice": args.dice_loss_coef})
+    if args.aux_loss:
+        aux_weight_dict = {}
+        for i in range(args.dec_layers - 1):
+            aux_weight_dict.update({f"{k}_{i}": v for k, v in weight_dict.items()})
+        weight_dict.update(aux_weight_dict)
+    query_groups = model.detr.query_groups if args.masks else model.query_groups
+    criterion = SetCriterion(num_classes, matcher=build_matcher(args), weight_dict=weight_dict,
+                             eos_coef=args.eos_coef,
+                             losses=["labels", "boxes", "cardinality"] + (["masks"] if args.masks else []),
+                             query_groups=query_groups if args.query_groups > 1 else None)
+    criterion.to(torch.device(args.device))
+    postprocessors = {"bbox": PostProcess()}
+    if args.masks:
+        postprocessors["segm"] = PostProcessSegm()
+        if args.dataset_file == "coco_panoptic":
+            postprocessors["panoptic"] = PostProcessPanoptic(is_thing_map or coco_panoptic_is_thing_map(),
+                                                             threshold=0.85)
+    return model, criterion, postprocessors
+
+
+def param_groups(model: nn.Module, args: argparse.Namespace) -> list[dict]:
+    return build_param_groups(model, args.lr_backbone, args.lr_attn)

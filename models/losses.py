@@ -1,0 +1,39 @@
+"""Loss functions shared by the DETR family: focal and DICE losses on logits, top-k accuracy for logging."""
+import torch
+import torch.nn.functional as F
+
+
+def sigmoid_focal_loss(inputs: torch.Tensor, targets: torch.Tensor, num_boxes: float, alpha: float = 0.25,
+                       gamma: float = 2) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017, arXiv:1708.02002) of logits ``[N, P]`` against targets ``[N, P]`` in {0, 1}:
+    mean over the last dimension, summed over the rest, divided by ``num_boxes``. ``alpha`` weights positives
+    (negative: no weighting). Any leading shape works (``[B, Q, K]`` for classification: mean over classes)."""
+    prob = inputs.sigmoid()
+    ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+        loss = alpha_t * loss
+    return loss.mean(1).sum() / num_boxes
+
+
+def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_boxes: float) -> torch.Tensor:
+    """DICE loss (Milletari et al. 2016) of mask logits ``[N, P]`` against binary targets ``[N, P]``, summed over
+    masks and divided by ``num_boxes``."""
+    inputs = inputs.sigmoid().flatten(1)
+    numerator = 2 * (inputs * targets).sum(1)
+    denominator = inputs.sum(-1) + targets.sum(-1)
+    loss = 1 - (numerator + 1) / (denominator + 1)
+    return loss.sum() / num_boxes
+
+
+@torch.no_grad()
+def accuracy(output: torch.Tensor, target: torch.Tensor, topk: tuple = (1,)) -> list[torch.Tensor]:
+    """Top-k accuracy in percent of logits ``[N, K]`` against labels ``[N]``; 0 when N = 0."""
+    if target.numel() == 0:
+        return [torch.zeros([], device=output.device)]
+    maxk = max(topk)
+    _, pred = output.topk(maxk, 1, True, True)
+    correct = pred.t().eq(target.view(1, -1).expand_as(pred.t()))
+    return [correct[:k].reshape(-1).float().sum(0) * (100.0 / target.size(0)) for k in topk]

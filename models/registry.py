@@ -1,0 +1,28 @@
+"""The model family's registry entry: what an architecture provides to the rest of the codebase.
+
+An architecture is a package under ``models/`` that defines one :class:`Architecture` and is listed once in
+``models/__init__.py``; nothing else (main.py, engine.py, the flag schema) names it.
+"""
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """``name``: the ``--meta_arch`` value.
+
+    ``build(args, is_thing_map)`` -> (model, criterion, postprocessors): the only place that reads the flags;
+    ``is_thing_map`` (category id -> thing?) comes from the dataset when it has panoptic annotations.
+    ``add_flags(parser)`` adds the architecture's own argument group (flags no other architecture reads).
+    ``check_flags(args)`` raises ValueError naming a flag whose value this architecture cannot use.
+    ``param_groups(model, args)`` -> the optimiser's parameter groups (see models/param_groups.py).
+    """
+
+    name: str
+    build: Callable[[argparse.Namespace, dict | None], tuple[nn.Module, nn.Module, dict]]
+    add_flags: Callable[[argparse.ArgumentParser], None]
+    check_flags: Callable[[argparse.Namespace], None]
+    param_groups: Callable[[nn.Module, argparse.Namespace], list[dict]]

@@ -1,0 +1,1 @@
+"""Analysis tools: pictures of what trained models attend to."""

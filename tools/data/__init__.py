@@ -1,0 +1,1 @@
+"""Data tools: the synthetic COCO-format dataset generator."""

@@ -1,0 +1,146 @@
+"""A run's state on disk: starting weights (``--frozen_weights``, ``--finetune_from``), resuming (``--resume``,
+``--auto_resume``) and the per-epoch ``checkpoint.pth``.
+
+File-level safety (atomic writes, ``weights_only`` loading) is util/checkpoint.py's; this module decides what goes
+into a checkpoint and how one is put back.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from util.checkpoint import load_checkpoint, load_matching_state_dict, rng_state, save_checkpoint, set_rng_state
+from util.distributed import all_gather, barrier, broadcast_object, get_rank, is_main_process
+
+CHECKPOINT_NAME = "checkpoint.pth"
+
+
+def model_state(checkpoint: dict, flag: str) -> dict:
+    """The ``model`` entry of a loaded checkpoint; ``flag`` names the option the file came from."""
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        keys = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"{flag}: the file has no 'model' entry (keys: {keys})")
+    return checkpoint["model"]
+
+
+def state_for(model: nn.Module, state: dict) -> dict:
+    """A checkpoint's model entries named for ``model``: a box model's under a mask head gain the ``detr.`` prefix;
+    a segmentation checkpoint's box model (its ``detr.`` entries) loads into a plain DETR."""
+    wants_prefix = any(k.startswith("detr.") for k in model.state_dict())
+    has_prefix = any(k.startswith("detr.") for k in state)
+    if wants_prefix and not has_prefix:
+        return {f"detr.{k}": v for k, v in state.items()}
+    if has_prefix and not wants_prefix:
+        return {k[len("detr."):]: v for k, v in state.items() if k.startswith("detr.")}
+    return state
+
+
+def class_count_hint(state: dict, model: nn.Module, num_classes: int) -> str:
+    """'; the checkpoint has N classes and this run M: add --num_classes N' when the classifier's size is what
+    differs (``num_classes``: the run's; its classifier may have extra outputs, as DETR's "no object")."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key.endswith("class_embed.bias") and key in own and own[key].shape != value.shape:
+            file_classes = value.shape[0] - (own[key].shape[0] - num_classes)
+            return (f"; the checkpoint has {file_classes} classes and this run {num_classes}: add --num_classes "
+                    f"{file_classes}")
+    return ""
+
+
+def load_frozen_weights(model: nn.Module, path: str, num_classes: int) -> None:
+    """The official segmentation recipe: the box model of ``path`` under a new mask head (``model.detr``)."""
+    box_model = model.detr
+    state = state_for(box_model, model_state(load_checkpoint(path, flag="--frozen_weights"), "--frozen_weights"))
+    try:
+        box_model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"--frozen_weights {path} does not fit the box model built from these flags (backbone, "
+                         f"hidden_dim, layers, num_queries, query_groups, num_classes ...)"
+                         f"{class_count_hint(state, box_model, num_classes)}: {exc}") from exc
+
+
+def load_finetune_weights(model: nn.Module, path: str) -> None:
+    """Every entry of ``path`` whose name and shape fit ``model``; prints what was skipped and what was not set."""
+    state = state_for(model, model_state(load_checkpoint(path, flag="--finetune_from"), "--finetune_from"))
+    skipped, missing = load_matching_state_dict(model, state)
+    if len(skipped) == len(state):
+        raise ValueError(f"--finetune_from {path}: no entry of the checkpoint fits this model (e.g. {skipped[:3]})")
+    print(f"--finetune_from {path}: skipped {len(skipped)} entries: {skipped}; left at initialisation: {missing}",
+          flush=True)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed run continues: ``start_epoch``, and the last saved epoch with its training stats (to finish
+    that epoch's evaluation and log line if the run stopped before them)."""
+
+    start_epoch: int
+    saved_epoch: int
+    train_stats: dict | None
+
+
+def resume(path: str, model: nn.Module, num_classes: int, optimizer: torch.optim.Optimizer | None = None,
+           lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> ResumePoint | None:
+    """Load ``path``'s weights into ``model``; with ``optimizer``, also the optimiser, schedule, epoch counter and this
+    process's RNG states. Returns where training continues, or None for weights only."""
+    checkpoint = load_checkpoint(path, flag="--resume")
+    state = model_state(checkpoint, "--resume")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        hint = class_count_hint(state, model, num_classes)
+        raise ValueError(f"--resume {path} does not fit the model built from these flags (backbone, hidden_dim, "
+                         f"layers, num_queries, num_classes, --masks ...){hint}: {exc}") from exc
+    if optimizer is None or not all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
+        return None
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except ValueError as exc:
+        raise ValueError(f"--resume {path}: the optimizer state does not fit this run's parameter groups; keep "
+                         "--backbone_trainable_layers, --lr_backbone > 0 and --backbone_attn as in the run that wrote "
+                         f"it (or use --finetune_from): {exc}") from exc
+    lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+    if "rng_state" in checkpoint and get_rank() < len(checkpoint["rng_state"]):
+        set_rng_state(checkpoint["rng_state"][get_rank()])
+    print(f"resumed from {path} at epoch {checkpoint['epoch'] + 1}", flush=True)
+    return ResumePoint(checkpoint["epoch"] + 1, checkpoint["epoch"], checkpoint.get("train_stats"))
+
+
+def auto_resume_path(output_dir: Path | None) -> str:
+    """``OUTPUT_DIR/checkpoint.pth`` when it exists (decided by the main process for all), else ''."""
+    if output_dir is None:
+        return ""
+    exists = broadcast_object((output_dir / CHECKPOINT_NAME).is_file() if is_main_process() else None)
+    return str(output_dir / CHECKPOINT_NAME) if exists else ""
+
+
+def logged_epochs(output_dir: Path) -> set[int]:
+    """Epochs that already have their line in ``OUTPUT_DIR/log.txt`` (read by the main process, given to all)."""
+    def read() -> set[int]:
+        log = output_dir / "log.txt"
+        if not log.is_file():
+            return set()
+        return {json.loads(line)["epoch"] for line in log.read_text().splitlines() if line.strip()}
+
+    return broadcast_object(read() if is_main_process() else None)
+
+
+def save_training_state(output_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        lr_scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, flags: dict,
+                        train_stats: dict, keep_copy: bool) -> None:
+    """``checkpoint.pth`` (atomically) with the model, optimiser, schedule, epoch, ``flags`` (a plain dict), every
+    process's RNG states and the epoch's training stats; with ``keep_copy`` also ``checkpointNNNN.pth``.
+
+    Every process takes part (its RNG states are gathered); only the main process writes.
+    """
+    rng_states = all_gather(rng_state())
+    if is_main_process():
+        paths = [output_dir / CHECKPOINT_NAME] + ([output_dir / f"checkpoint{epoch:04}.pth"] if keep_copy else [])
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch, "args": flags,
+                 "rng_state": rng_states, "train_stats": train_stats}
+        for path in paths:
+            save_checkpoint(state, path)
+    barrier()
