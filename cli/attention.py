@@ -2,6 +2,7 @@
 import argparse
 
 from models.attention import ATTENTION
+from models.backbone_attention import make_plan
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -18,5 +19,5 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
-    if args.backbone_attn not in ("none", "", None) and args.backbone_attn not in ATTENTION:
-        raise ValueError(f"--backbone_attn must be one of {sorted(ATTENTION)} or none, got {args.backbone_attn!r}")
+    """The block, stages and position must fit together and the backbone (errors name the flag)."""
+    make_plan(args.backbone_attn, args.attn_stages, args.attn_position, int(args.feature_layer[-1]))

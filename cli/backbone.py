@@ -1,6 +1,8 @@
 """Flags of the convolutional backbone and its positional encoding."""
 import argparse
 
+from models.backbone import RESNETS
+
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backbone")
@@ -20,5 +22,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
+    if args.backbone not in RESNETS:
+        raise ValueError(f"--backbone must be one of {RESNETS}, got {args.backbone!r}")
     if args.dilation and args.feature_layer != "layer4":
         raise ValueError("--dilation dilates layer4, which --feature_layer layer3 does not compute")
+    if args.dilation and args.backbone in ("resnet18", "resnet34"):
+        raise ValueError(f"--dilation needs a bottleneck ResNet (resnet50/101); {args.backbone} has basic blocks")
+    stages = 1 + int(args.feature_layer[-1])  # the stem and layer1..feature_layer
+    if args.backbone_trainable_layers > stages:
+        raise ValueError(f"--backbone_trainable_layers must be in 0..{stages} with --feature_layer "
+                         f"{args.feature_layer}, got {args.backbone_trainable_layers}")

@@ -53,12 +53,12 @@ class BackboneBase(nn.Module):
                  return_layers: tuple[str, ...] | None = None, dilation: bool = False):
         super().__init__()
         if last_layer not in ("layer3", "layer4"):
-            raise ValueError(f"--feature_layer must be layer3 or layer4, got {last_layer!r}")
+            raise ValueError(f"last_layer must be layer3 or layer4, got {last_layer!r}")
         stages = _stages(backbone, last_layer)
         if isinstance(trainable_layers, bool):
             trainable_layers = len(stages) - 2 if trainable_layers else 0
         if not 0 <= trainable_layers <= len(stages):
-            raise ValueError(f"--backbone_trainable_layers must be in 0..{len(stages)} with {last_layer} features, "
+            raise ValueError(f"trainable_layers must be in 0..{len(stages)} with last_layer {last_layer}, "
                              f"got {trainable_layers}")
         for param in backbone.parameters():
             param.requires_grad_(False)
@@ -116,13 +116,12 @@ class Backbone(BackboneBase):
                  pretrained: bool = False, norm: str = "frozen_bn", last_layer: str = "layer4",
                  attention: AttentionPlan | None = None, return_layers: tuple[str, ...] | None = None):
         if name not in RESNETS:
-            raise ValueError(f"--backbone must be one of {RESNETS}, got {name!r}")
+            raise ValueError(f"unknown ResNet {name!r}; choose from {RESNETS}")
         if norm not in NORM_LAYERS:
-            raise ValueError(f"--backbone_norm must be one of {tuple(NORM_LAYERS)}, got {norm!r}")
-        if dilation and last_layer != "layer4":
-            raise ValueError("--dilation dilates layer4, which --feature_layer layer3 does not compute")
-        if dilation and name in ("resnet18", "resnet34"):
-            raise ValueError(f"--dilation needs a bottleneck ResNet (resnet50/101); {name} has basic blocks")
+            raise ValueError(f"norm must be one of {tuple(NORM_LAYERS)}, got {norm!r}")
+        if dilation and (last_layer != "layer4" or name in ("resnet18", "resnet34")):
+            raise ValueError(f"dilation needs layer4 of a bottleneck ResNet (resnet50/101), got {name} up to "
+                             f"{last_layer}")
         if pretrained:
             ensure_imagenet_weights(name)
         weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1 if pretrained else None

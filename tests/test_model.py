@@ -249,7 +249,24 @@ def test_layer3_features_count_trainable_stages_from_layer3():
     assert all(p.requires_grad for p in backbone.body.layer3.parameters())
     assert not any(p.requires_grad for p in backbone.body.layer2.parameters())
     assert "layer4" not in dict(backbone.body.named_children())
-    with pytest.raises(ValueError, match="--backbone_trainable_layers"):
+    with pytest.raises(ValueError, match="trainable_layers"):
         Backbone("resnet18", trainable_layers=5, return_interm_layers=False, dilation=False, last_layer="layer3")
-    with pytest.raises(ValueError, match="--dilation"):
+    with pytest.raises(ValueError, match="dilation"):
         Backbone("resnet50", trainable_layers=3, return_interm_layers=False, dilation=True, last_layer="layer3")
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--backbone_trainable_layers", "5", "--feature_layer", "layer3"], "--backbone_trainable_layers"),
+    (["--dilation", "--feature_layer", "layer3"], "--dilation"),
+    (["--dilation", "--backbone", "resnet18"], "--dilation"),
+    (["--backbone", "resnet152"], "--backbone"),
+    (["--backbone_attn", "nl", "--attn_position", "block"], "--attn_position"),
+    (["--backbone_attn", "gc", "--attn_stages", "4", "--feature_layer", "layer3"], "--attn_stages"),
+    (["--masks", "--hidden_dim", "32", "--nheads", "2"], "--hidden_dim"),
+    (["--hidden_dim", "30", "--nheads", "4"], "--hidden_dim"),
+    (["--query_groups", "0"], "--query_groups"),
+    (["--meta_arch", "detr2"], "--meta_arch"),
+])
+def test_flag_values_that_cannot_work_are_errors_naming_the_flag(flags, named):
+    with pytest.raises(ValueError, match=named):
+        cli.check_args(cli.get_args_parser().parse_args(flags))

@@ -8,7 +8,14 @@ from datasets import official_num_classes
 from models.backbone import build_backbone
 from models.criterion import SetCriterion
 from models.detr.detr import DETR
-from models.detr.segmentation import DETRsegm, PostProcessPanoptic, PostProcessSegm, coco_panoptic_is_thing_map
+from models.detr.segmentation import (
+    GROUP_NORM_GROUPS,
+    DETRsegm,
+    PostProcessPanoptic,
+    PostProcessSegm,
+    coco_panoptic_is_thing_map,
+    mask_head_widths,
+)
 from models.detr.transformer import Transformer
 from models.matcher import build_matcher
 from models.param_groups import build_param_groups
@@ -27,6 +34,14 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 def check_flags(args: argparse.Namespace) -> None:
     if args.query_groups < 1:
         raise ValueError(f"--query_groups must be at least 1, got {args.query_groups}")
+    if args.masks:
+        levels = int(args.feature_layer[-1]) - 1  # FPN inputs: the stages below the last one
+        widths = mask_head_widths(args.hidden_dim + args.nheads, args.hidden_dim, levels)
+        if any(c % GROUP_NORM_GROUPS for c in widths):
+            raise ValueError(f"--masks: the mask head's GroupNorm needs widths divisible by {GROUP_NORM_GROUPS}: "
+                             f"--hidden_dim {args.hidden_dim} with --nheads {args.nheads} gives {widths}; use a "
+                             f"--hidden_dim divisible by {GROUP_NORM_GROUPS * 2 ** (levels + 1)} and --nheads "
+                             f"divisible by {GROUP_NORM_GROUPS}")
 
 
 def build(args: argparse.Namespace, is_thing_map: dict[int, bool] | None = None) -> tuple[nn.Module, nn.Module, dict]:

@@ -108,16 +108,13 @@ class MaskHeadSmallConv(nn.Module):
         levels = len(fpn_dims)
         if levels not in (2, 3):
             raise ValueError(f"the mask head takes 2 or 3 FPN levels, got {levels}")
-        inter_dims = [dim] + [context_dim // 2 ** k for k in range(1, levels + 2)]
-        bad = [c for c in inter_dims[: levels + 2] if c % GROUP_NORM_GROUPS]
-        if bad:
-            raise ValueError(f"the mask head's GroupNorm needs widths divisible by {GROUP_NORM_GROUPS}: "
-                             f"--hidden_dim {context_dim} with --nheads {dim - context_dim} gives {inter_dims}; use a "
-                             f"--hidden_dim divisible by {GROUP_NORM_GROUPS * 2 ** (levels + 1)} and --nheads "
-                             f"divisible by {GROUP_NORM_GROUPS}")
+        inter_dims = mask_head_widths(dim, context_dim, levels)
+        if any(c % GROUP_NORM_GROUPS for c in inter_dims):
+            raise ValueError(f"the mask head's GroupNorm needs widths divisible by {GROUP_NORM_GROUPS}, got "
+                             f"{inter_dims} (input {dim}, context {context_dim}, {levels} FPN levels)")
         self.dim = dim
         self.levels = levels
-        widths = [dim, dim] + inter_dims[1: levels + 2]  # lay_i maps widths[i-1] -> widths[i]
+        widths = [dim, dim] + inter_dims[1:]  # lay_i maps widths[i-1] -> widths[i]
         for i in range(1, levels + 3):
             setattr(self, f"lay{i}", nn.Conv2d(widths[i - 1], widths[i], 3, padding=1))
             setattr(self, f"gn{i}", nn.GroupNorm(GROUP_NORM_GROUPS, widths[i]))
@@ -144,6 +141,12 @@ class MaskHeadSmallConv(nn.Module):
         if self.adapter3 is not None and self.lay5 is not None and self.gn5 is not None:
             x = F.relu(self.gn5(self.lay5(_add_fpn(self.adapter3(fpns[2]), x))))
         return self.out_lay(x)
+
+
+def mask_head_widths(dim: int, context_dim: int, levels: int) -> list[int]:
+    """Widths of the mask head's GroupNorm layers: the input ``dim`` (hidden + heads), then ``context_dim / 2^k``
+    for k = 1 .. levels + 1."""
+    return [dim] + [context_dim // 2 ** k for k in range(1, levels + 2)]
 
 
 def _add_fpn(cur_fpn: Tensor, x: Tensor) -> Tensor:
