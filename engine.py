@@ -4,6 +4,7 @@ import json
 import math
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -39,7 +40,8 @@ def _weighted_logs(loss_dict: dict, weight_dict: dict) -> tuple[float, dict, dic
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, max_norm: float = 0, print_freq: int = 10) -> dict:
-    """Train for one pass over ``data_loader``; returns the epoch averages of every logged value.
+    """Train for one pass over ``data_loader``; returns the epoch averages of every logged value and ``epoch_time``
+    (seconds this process spent in the epoch, data loading included).
 
     Raises NonFiniteLossError (before any parameter update) when the loss is not finite.
     """
@@ -50,6 +52,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     metric_logger.add_meter("class_error", SmoothedValue(window_size=1, fmt="{value:.2f}"))
     header = f"Epoch: [{epoch}]"
     weight_dict = criterion.weight_dict
+    start = time.perf_counter()
     for it, (samples, targets) in enumerate(metric_logger.log_every(data_loader, print_freq, header)):
         samples = samples.to(device)
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
@@ -71,7 +74,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         metric_logger.update(lr=optimizer.param_groups[0]["lr"])
     metric_logger.synchronize_between_processes()
     print("Averaged stats:", metric_logger, flush=True)
-    return {k: meter.global_avg for k, meter in metric_logger.meters.items()}
+    return {**{k: meter.global_avg for k, meter in metric_logger.meters.items()},
+            "epoch_time": time.perf_counter() - start}
 
 
 @torch.no_grad()

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 import cli
-from models import build_model
-from models.param_groups import build_param_groups
+from models import architecture, build_model
 from util.config import parse_args_with_config
 from util.nested_tensor import nested_tensor_from_tensor_list
+from util.optimizer import build_optimizer
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -52,8 +52,8 @@ def measure(args, iters: int, warmup: int) -> dict:
         args.num_classes = 91
     model, criterion, postprocessors = build_model(args)
     model.to(device)
-    optimizer = torch.optim.AdamW(build_param_groups(model, args.lr_backbone, args.lr_attn), lr=args.lr,
-                                  weight_decay=args.weight_decay)
+    optimizer = build_optimizer(architecture(args.meta_arch).param_groups(model, args), args.lr, args.weight_decay,
+                                args.sgd)
     gen = torch.Generator().manual_seed(0)
     samples, targets = random_batch(args.batch_size, args.image_size, args.num_classes, device, gen)
     if device.type == "cuda":
