@@ -6,11 +6,23 @@ name the flag (or the preset file and key).
 """
 import argparse
 
-from cli import attention, backbone, data, distributed, evaluation, loss, model, training, transformer
+from cli import (
+    attention,
+    backbone,
+    data,
+    deformable_attention,
+    distributed,
+    evaluation,
+    loss,
+    model,
+    training,
+    transformer,
+)
 from models import ARCHITECTURES, architecture
 from util.config import ConfigError, parse_args_with_config
 
-TOPICS = (model, backbone, attention, transformer, loss, data, training, evaluation, distributed)
+TOPICS = (model, backbone, attention, transformer, deformable_attention, loss, data, training, evaluation,
+          distributed)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -55,3 +67,21 @@ def resolve_args(args: argparse.Namespace, *, num_classes: int, device: str, aut
     if auto_resume_path:
         resolved.resume, resolved.finetune_from = auto_resume_path, ""
     return resolved
+
+
+# The topics whose flags describe the model (all but those of its training, data, evaluation and processes).
+MODEL_TOPICS = tuple(t for t in TOPICS if t not in (loss, data, training, evaluation, distributed))
+# Flags of those topics that leave the model's entries (names and shapes) as they are.
+NOT_MODEL_SHAPING = ("frozen_weights", "pretrained_backbone", "backbone_trainable_layers", "lr_attn", "dropout")
+
+
+def model_flags() -> tuple[str, ...]:
+    """Names (dests) of the flags that decide a model's parameters: those of the model topics (model, backbone,
+    attention, transformer ...) and every architecture's own flags, less those that only choose how it trains. A
+    checkpoint that does not fit a model is compared with the run on these."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for topic in MODEL_TOPICS:
+        topic.add_flags(parser)
+    for arch in ARCHITECTURES.values():
+        arch.add_flags(parser)
+    return tuple(dict.fromkeys(a.dest for a in parser._actions if a.dest not in NOT_MODEL_SHAPING))

@@ -13,6 +13,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dice_loss_coef", default=1, type=float)
     group.add_argument("--bbox_loss_coef", default=5, type=float)
     group.add_argument("--giou_loss_coef", default=2, type=float)
+    group.add_argument("--cls_loss_coef", default=2, type=float,
+                       help="weight of the sigmoid focal classification loss (Deformable DETR, DINO)")
+    group.add_argument("--focal_alpha", default=0.25, type=float,
+                       help="focal loss weight of positives, also in the matching cost (Deformable DETR, DINO)")
 
 
 def check(args: argparse.Namespace) -> None:

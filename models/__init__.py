@@ -7,10 +7,11 @@ import argparse
 
 from torch import nn
 
-from models import detr
+from models import deformable_detr, detr
 from models.registry import Architecture
 
-ARCHITECTURES: dict[str, Architecture] = {arch.name: arch for arch in (detr.ARCHITECTURE,)}
+ARCHITECTURES: dict[str, Architecture] = {
+    arch.name: arch for arch in (detr.ARCHITECTURE, deformable_detr.ARCHITECTURE)}
 
 
 def architecture(name: str) -> Architecture:

@@ -5,9 +5,10 @@ import torch.nn.functional as F
 
 def sigmoid_focal_loss(inputs: torch.Tensor, targets: torch.Tensor, num_boxes: float, alpha: float = 0.25,
                        gamma: float = 2) -> torch.Tensor:
-    """Focal loss (Lin et al. 2017, arXiv:1708.02002) of logits ``[N, P]`` against targets ``[N, P]`` in {0, 1}:
-    mean over the last dimension, summed over the rest, divided by ``num_boxes``. ``alpha`` weights positives
-    (negative: no weighting). Any leading shape works (``[B, Q, K]`` for classification: mean over classes)."""
+    """Focal loss (Lin et al. 2017, arXiv:1708.02002) of logits against targets in {0, 1} of the same shape: mean
+    over dimension 1, summed over the rest, divided by ``num_boxes`` (masks ``[N, P]``: mean over pixels; class
+    scores ``[B, Q, K]``: mean over queries, summed over images and classes, as the official code).
+    ``alpha`` weights positives (negative: no weighting)."""
     prob = inputs.sigmoid()
     ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
     p_t = prob * targets + (1 - prob) * (1 - targets)

@@ -1,0 +1,343 @@
+"""Deformable DETR's transformer: a deformable encoder over all feature levels, a decoder whose queries
+cross-attend through deformable attention around reference points, and the two-stage proposal generation.
+
+Coordinates are normalised: reference points (x, y) and boxes (cx, cy, w, h) in [0, 1] of the valid (unpadded)
+image, except the per-level reference points the attention reads, which are relative to each padded map.
+"""
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.deformable_detr.ms_deform_attn import MSDeformAttn, SpatialShapes, level_sizes
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """Logit of ``x`` clamped to [0, 1], with ``x`` and ``1 - x`` kept at least ``eps``; any shape."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def _activation(name: str):
+    functions = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
+    if name not in functions:
+        raise ValueError(f"activation must be one of {sorted(functions)}, got {name!r}")
+    return functions[name]
+
+
+def _clones(module: nn.Module, n: int) -> nn.ModuleList:
+    return nn.ModuleList([copy.deepcopy(module) for _ in range(n)])
+
+
+class DeformableTransformer(nn.Module):
+    """Encoder and decoder over flattened multi-level features.
+
+    Without ``two_stage`` the queries are learned (``query_embed`` ``[Q, 2 * d_model]``: position half, content
+    half) and ``reference_points`` (a linear layer) maps each query position to its initial reference point. With
+    ``two_stage`` every encoder token proposes a box (``enc_output``, ``enc_output_norm``); the model's extra class
+    and box heads (``decoder.class_embed[-1]``, ``decoder.bbox_embed[-1]``, set by the model) score and refine them;
+    the ``two_stage_num_proposals`` best become the reference boxes and, through ``pos_trans`` / ``pos_trans_norm``
+    of their sine embedding, the queries.
+    """
+
+    def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6, num_decoder_layers: int = 6,
+                 dim_feedforward: int = 1024, dropout: float = 0.1, activation: str = "relu",
+                 return_intermediate_dec: bool = False, num_feature_levels: int = 4, dec_n_points: int = 4,
+                 enc_n_points: int = 4, two_stage: bool = False, two_stage_num_proposals: int = 300):
+        super().__init__()
+        self.d_model = d_model
+        self.nhead = nhead
+        self.two_stage = two_stage
+        self.two_stage_num_proposals = two_stage_num_proposals
+        encoder_layer = DeformableTransformerEncoderLayer(d_model, dim_feedforward, dropout, activation,
+                                                          num_feature_levels, nhead, enc_n_points)
+        self.encoder = DeformableTransformerEncoder(encoder_layer, num_encoder_layers)
+        decoder_layer = DeformableTransformerDecoderLayer(d_model, dim_feedforward, dropout, activation,
+                                                          num_feature_levels, nhead, dec_n_points)
+        self.decoder = DeformableTransformerDecoder(decoder_layer, num_decoder_layers, return_intermediate_dec)
+        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
+        if two_stage:
+            self.enc_output = nn.Linear(d_model, d_model)
+            self.enc_output_norm = nn.LayerNorm(d_model)
+            self.pos_trans = nn.Linear(d_model * 2, d_model * 2)
+            self.pos_trans_norm = nn.LayerNorm(d_model * 2)
+        else:
+            self.reference_points = nn.Linear(d_model, 2)
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for m in self.modules():
+            if isinstance(m, MSDeformAttn):
+                m._reset_parameters()
+        if not self.two_stage:
+            nn.init.xavier_uniform_(self.reference_points.weight, gain=1.0)
+            nn.init.constant_(self.reference_points.bias, 0.0)
+        nn.init.normal_(self.level_embed)
+
+    def get_proposal_pos_embed(self, proposals: Tensor) -> Tensor:
+        """Sine embedding of proposal logits ``[B, N, 4]`` (sigmoid first, then scaled by 2 pi) -> ``[B, N, 2C]``:
+        C/2 features per coordinate (even ones sine, odd ones cosine), coordinates in the order cx, cy, w, h. (The
+        official code fixes 128 features, so its two-stage model needs C = 256; the numbers are the same there.)"""
+        num_pos_feats, temperature, scale = self.d_model // 2, 10000, 2 * math.pi
+        dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=proposals.device)
+        dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
+        pos = (proposals.sigmoid() * scale)[:, :, :, None] / dim_t  # [B, N, 4, C/2]
+        return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
+
+    def gen_encoder_output_proposals(self, memory: Tensor, memory_padding_mask: Tensor,
+                                     spatial_shapes: SpatialShapes) -> tuple[Tensor, Tensor]:
+        """One proposal per encoder token: a box centred on its cell (relative to the valid image) with width and
+        height 0.05 * 2**level, as logits ``[B, S, 4]``. Proposals on padding or not strictly inside (0.01, 0.99)
+        in every coordinate become +inf and their memory rows 0. Returns (``enc_output_norm(enc_output(memory))``
+        ``[B, S, C]``, proposal logits ``[B, S, 4]``)."""
+        batch = memory.shape[0]
+        proposals = []
+        start = 0
+        for level, (height, width) in enumerate(level_sizes(spatial_shapes)):
+            level_mask = memory_padding_mask[:, start:start + height * width].view(batch, height, width, 1)
+            valid_h = torch.sum(~level_mask[:, :, 0, 0], 1)
+            valid_w = torch.sum(~level_mask[:, 0, :, 0], 1)
+            grid_y, grid_x = torch.meshgrid(
+                torch.linspace(0, height - 1, height, dtype=torch.float32, device=memory.device),
+                torch.linspace(0, width - 1, width, dtype=torch.float32, device=memory.device), indexing="ij")
+            grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)  # [H, W, 2] (x, y)
+            valid_size = torch.cat([valid_w.unsqueeze(-1), valid_h.unsqueeze(-1)], 1).view(batch, 1, 1, 2)
+            grid = (grid.unsqueeze(0).expand(batch, -1, -1, -1) + 0.5) / valid_size
+            wh = torch.ones_like(grid) * 0.05 * (2.0 ** level)
+            proposals.append(torch.cat((grid, wh), -1).view(batch, -1, 4))
+            start += height * width
+        output_proposals = torch.cat(proposals, 1)
+        valid = ((output_proposals > 0.01) & (output_proposals < 0.99)).all(-1, keepdim=True)
+        output_proposals = torch.log(output_proposals / (1 - output_proposals))
+        output_proposals = output_proposals.masked_fill(memory_padding_mask.unsqueeze(-1), float("inf"))
+        output_proposals = output_proposals.masked_fill(~valid, float("inf"))
+        output_memory = memory.masked_fill(memory_padding_mask.unsqueeze(-1), 0.0)
+        output_memory = output_memory.masked_fill(~valid, 0.0)
+        output_memory = self.enc_output_norm(self.enc_output(output_memory))
+        return output_memory, output_proposals
+
+    @staticmethod
+    def get_valid_ratio(mask: Tensor) -> Tensor:
+        """Fraction of a padded map ``mask`` ``[B, H, W]`` (True on padding) that the image covers: ``[B, 2]``
+        (width ratio, height ratio), read from the first row and column."""
+        _, height, width = mask.shape
+        valid_h = torch.sum(~mask[:, :, 0], 1)
+        valid_w = torch.sum(~mask[:, 0, :], 1)
+        return torch.stack([valid_w.float() / width, valid_h.float() / height], -1)
+
+    def forward(self, srcs: list[Tensor], masks: list[Tensor], pos_embeds: list[Tensor],
+                query_embed: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        """srcs, pos_embeds: per level ``[B, C, H_l, W_l]``; masks: per level ``[B, H_l, W_l]`` True on padding;
+        query_embed: ``[Q, 2C]`` (position half first) unless two-stage.
+
+        Returns (hs ``[D, B, Q, C]`` every decoder layer's output (``[B, Q, C]`` without intermediate outputs),
+        initial reference ``[B, Q, 2]`` points or ``[B, Q, 4]`` boxes, the references after each layer
+        ``[D, B, Q, 2 or 4]``, and with two-stage the encoder's class logits ``[B, S, K]`` and box logits
+        ``[B, S, 4]`` (None otherwise)).
+        """
+        if not self.two_stage and query_embed is None:
+            raise ValueError("DeformableTransformer: query_embed is required without two_stage")
+        src_flatten, mask_flatten, lvl_pos_embed_flatten, shapes = [], [], [], []
+        for level, (src, mask, pos_embed) in enumerate(zip(srcs, masks, pos_embeds)):
+            shapes.append((src.shape[-2], src.shape[-1]))
+            src_flatten.append(src.flatten(2).transpose(1, 2))
+            mask_flatten.append(mask.flatten(1))
+            lvl_pos_embed_flatten.append(pos_embed.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1))
+        src_flatten = torch.cat(src_flatten, 1)
+        mask_flatten = torch.cat(mask_flatten, 1)
+        lvl_pos_embed_flatten = torch.cat(lvl_pos_embed_flatten, 1)
+        # the sizes travel as Python integers (static in exported graphs); the tensor gives the level starts
+        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
+        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        valid_ratios = torch.stack([self.get_valid_ratio(m) for m in masks], 1)  # [B, L, 2]
+
+        memory = self.encoder(src_flatten, shapes, level_start_index, valid_ratios, lvl_pos_embed_flatten, mask_flatten)
+
+        batch, _, channels = memory.shape
+        enc_outputs_class = enc_outputs_coord_unact = None
+        if self.two_stage:
+            if self.two_stage_num_proposals > memory.shape[1]:
+                raise ValueError(f"DeformableTransformer: {self.two_stage_num_proposals} proposals asked of only "
+                                 f"{memory.shape[1]} encoder tokens (fewer --num_queries or larger images)")
+            output_memory, output_proposals = self.gen_encoder_output_proposals(memory, mask_flatten, shapes)
+            # the model's extra heads (after one per decoder layer) score and refine the proposals
+            enc_outputs_class = self.decoder.class_embed[self.decoder.num_layers](output_memory)
+            enc_outputs_coord_unact = self.decoder.bbox_embed[self.decoder.num_layers](output_memory) + output_proposals
+            topk_proposals = torch.topk(enc_outputs_class[..., 0], self.two_stage_num_proposals, dim=1)[1]
+            topk_coords_unact = torch.gather(enc_outputs_coord_unact, 1, topk_proposals.unsqueeze(-1).repeat(1, 1, 4))
+            topk_coords_unact = topk_coords_unact.detach()
+            reference_points = topk_coords_unact.sigmoid()
+            pos_trans_out = self.pos_trans_norm(self.pos_trans(self.get_proposal_pos_embed(topk_coords_unact)))
+            query_pos, tgt = torch.split(pos_trans_out, channels, dim=2)
+        else:
+            query_pos, tgt = torch.split(query_embed, channels, dim=1)
+            query_pos = query_pos.unsqueeze(0).expand(batch, -1, -1)
+            tgt = tgt.unsqueeze(0).expand(batch, -1, -1)
+            reference_points = self.reference_points(query_pos).sigmoid()
+        init_reference_out = reference_points
+
+        hs, inter_references = self.decoder(tgt, reference_points, memory, shapes, level_start_index,
+                                            valid_ratios, query_pos, mask_flatten)
+        return hs, init_reference_out, inter_references, enc_outputs_class, enc_outputs_coord_unact
+
+
+class DeformableTransformerEncoderLayer(nn.Module):
+    """Deformable self-attention over all levels, then a feed-forward block; post-norm."""
+
+    def __init__(self, d_model: int = 256, d_ffn: int = 1024, dropout: float = 0.1, activation: str = "relu",
+                 n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
+        super().__init__()
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.activation = _activation(activation)
+        self.dropout2 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout3 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    @staticmethod
+    def with_pos_embed(tensor: Tensor, pos: Tensor | None) -> Tensor:
+        return tensor if pos is None else tensor + pos
+
+    def forward_ffn(self, src: Tensor) -> Tensor:
+        src2 = self.linear2(self.dropout2(self.activation(self.linear1(src))))
+        return self.norm2(src + self.dropout3(src2))
+
+    def forward(self, src: Tensor, pos: Tensor | None, reference_points: Tensor, spatial_shapes: SpatialShapes,
+                level_start_index: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """src, pos: ``[B, S, C]``; reference_points: ``[B, S, L, 2]``; padding_mask: ``[B, S]``."""
+        src2 = self.self_attn(self.with_pos_embed(src, pos), reference_points, src, spatial_shapes,
+                              level_start_index, padding_mask)
+        src = self.norm1(src + self.dropout1(src2))
+        return self.forward_ffn(src)
+
+
+class DeformableTransformerEncoder(nn.Module):
+    """``num_layers`` encoder layers; every token's reference point is its own cell centre."""
+
+    def __init__(self, encoder_layer: nn.Module, num_layers: int):
+        super().__init__()
+        self.layers = _clones(encoder_layer, num_layers)
+        self.num_layers = num_layers
+
+    @staticmethod
+    def get_reference_points(spatial_shapes: SpatialShapes, valid_ratios: Tensor, device: torch.device) -> Tensor:
+        """Cell centres of every level relative to the valid image (so past 1 on padding), seen from every level:
+        ``[B, S, L, 2]`` (x, y), the valid image's coordinates scaled by each level's valid ratios
+        ``[B, L, 2]``."""
+        points = []
+        for level, (height, width) in enumerate(level_sizes(spatial_shapes)):
+            ref_y, ref_x = torch.meshgrid(
+                torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device),
+                torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device), indexing="ij")
+            ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)
+            ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * width)
+            points.append(torch.stack((ref_x, ref_y), -1))
+        reference_points = torch.cat(points, 1)
+        return reference_points[:, :, None] * valid_ratios[:, None]
+
+    def forward(self, src: Tensor, spatial_shapes: SpatialShapes, level_start_index: Tensor, valid_ratios: Tensor,
+                pos: Tensor | None = None, padding_mask: Tensor | None = None) -> Tensor:
+        """src, pos: ``[B, S, C]``; valid_ratios: ``[B, L, 2]``; padding_mask: ``[B, S]``. Returns ``[B, S, C]``."""
+        output = src
+        reference_points = self.get_reference_points(spatial_shapes, valid_ratios, device=src.device)
+        for layer in self.layers:
+            output = layer(output, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+        return output
+
+
+class DeformableTransformerDecoderLayer(nn.Module):
+    """Self-attention among queries, deformable cross-attention into the memory, feed-forward; post-norm."""
+
+    def __init__(self, d_model: int = 256, d_ffn: int = 1024, dropout: float = 0.1, activation: str = "relu",
+                 n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
+        super().__init__()
+        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.activation = _activation(activation)
+        self.dropout3 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout4 = nn.Dropout(dropout)
+        self.norm3 = nn.LayerNorm(d_model)
+
+    @staticmethod
+    def with_pos_embed(tensor: Tensor, pos: Tensor | None) -> Tensor:
+        return tensor if pos is None else tensor + pos
+
+    def forward_ffn(self, tgt: Tensor) -> Tensor:
+        tgt2 = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))
+        return self.norm3(tgt + self.dropout4(tgt2))
+
+    def forward(self, tgt: Tensor, query_pos: Tensor | None, reference_points: Tensor, src: Tensor,
+                src_spatial_shapes: SpatialShapes, level_start_index: Tensor,
+                src_padding_mask: Tensor | None = None) -> Tensor:
+        """tgt, query_pos: ``[B, Q, C]``; reference_points: ``[B, Q, L, 2 or 4]``; src: ``[B, S, C]``."""
+        q = k = self.with_pos_embed(tgt, query_pos)
+        tgt2 = self.self_attn(q.transpose(0, 1), k.transpose(0, 1), tgt.transpose(0, 1))[0].transpose(0, 1)
+        tgt = self.norm2(tgt + self.dropout2(tgt2))
+        tgt2 = self.cross_attn(self.with_pos_embed(tgt, query_pos), reference_points, src, src_spatial_shapes,
+                               level_start_index, src_padding_mask)
+        tgt = self.norm1(tgt + self.dropout1(tgt2))
+        return self.forward_ffn(tgt)
+
+
+class DeformableTransformerDecoder(nn.Module):
+    """``num_layers`` decoder layers. ``bbox_embed`` (one box head per layer, set by the model for iterative box
+    refinement) moves the reference points after each layer; ``class_embed`` is set for two-stage."""
+
+    def __init__(self, decoder_layer: nn.Module, num_layers: int, return_intermediate: bool = False):
+        super().__init__()
+        self.layers = _clones(decoder_layer, num_layers)
+        self.num_layers = num_layers
+        self.return_intermediate = return_intermediate
+        self.bbox_embed: nn.ModuleList | None = None
+        self.class_embed: nn.ModuleList | None = None
+
+    def forward(self, tgt: Tensor, reference_points: Tensor, src: Tensor, src_spatial_shapes: SpatialShapes,
+                src_level_start_index: Tensor, src_valid_ratios: Tensor, query_pos: Tensor | None = None,
+                src_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """tgt, query_pos: ``[B, Q, C]``; reference_points: ``[B, Q, 2]`` points or ``[B, Q, 4]`` boxes relative to
+        the valid image; src: ``[B, S, C]``; src_valid_ratios: ``[B, L, 2]``.
+
+        Returns (outputs, reference points after each layer): ``[D, B, Q, C]`` and ``[D, B, Q, 2 or 4]`` with
+        ``return_intermediate``, else the last layer's ``[B, Q, C]`` and ``[B, Q, 2 or 4]``.
+        """
+        output = tgt
+        intermediate, intermediate_reference_points = [], []
+        for lid, layer in enumerate(self.layers):
+            if reference_points.shape[-1] == 4:
+                reference_points_input = (reference_points[:, :, None]
+                                          * torch.cat([src_valid_ratios, src_valid_ratios], -1)[:, None])
+            elif reference_points.shape[-1] == 2:
+                reference_points_input = reference_points[:, :, None] * src_valid_ratios[:, None]
+            else:
+                raise ValueError(f"DeformableTransformerDecoder: reference_points must end in 2 or 4, got "
+                                 f"{tuple(reference_points.shape)}")
+            output = layer(output, query_pos, reference_points_input, src, src_spatial_shapes, src_level_start_index,
+                           src_padding_mask)
+            if self.bbox_embed is not None:  # iterative refinement: this layer's box head moves the references
+                delta = self.bbox_embed[lid](output)
+                if reference_points.shape[-1] == 4:
+                    new_reference_points = delta + inverse_sigmoid(reference_points)
+                else:  # points: the head's first two outputs move the centre, its size outputs are kept
+                    new_reference_points = torch.cat([delta[..., :2] + inverse_sigmoid(reference_points),
+                                                      delta[..., 2:]], -1)
+                reference_points = new_reference_points.sigmoid().detach()
+            if self.return_intermediate:
+                intermediate.append(output)
+                intermediate_reference_points.append(reference_points)
+        if self.return_intermediate:
+            return torch.stack(intermediate), torch.stack(intermediate_reference_points)
+        return output, reference_points

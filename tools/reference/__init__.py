@@ -1,0 +1,1 @@
+"""Generators of reference values from official implementations (run by hand; tests read their saved output)."""
