@@ -38,6 +38,12 @@ def _weighted_logs(loss_dict: dict, weight_dict: dict) -> tuple[float, dict, dic
     return sum(scaled.values()), scaled, unscaled
 
 
+def takes_targets(model: nn.Module) -> bool:
+    """Whether the model's training forward takes the targets too (``model(samples, targets)``: DINO's denoising
+    queries are built from them); looks through DistributedDataParallel."""
+    return getattr(getattr(model, "module", model), "takes_targets", False)
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, max_norm: float = 0, print_freq: int = 10) -> dict:
     """Train for one pass over ``data_loader``; returns the epoch averages of every logged value and ``epoch_time``
@@ -56,7 +62,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     for it, (samples, targets) in enumerate(metric_logger.log_every(data_loader, print_freq, header)):
         samples = samples.to(device)
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        outputs = model(samples)
+        outputs = model(samples, targets) if takes_targets(model) else model(samples)
         loss_dict = criterion(outputs, targets)
         losses = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
         loss_value, scaled, unscaled = _weighted_logs(loss_dict, weight_dict)

@@ -7,11 +7,11 @@ import argparse
 
 from torch import nn
 
-from models import deformable_detr, detr
+from models import deformable_detr, detr, dino
 from models.registry import Architecture
 
 ARCHITECTURES: dict[str, Architecture] = {
-    arch.name: arch for arch in (detr.ARCHITECTURE, deformable_detr.ARCHITECTURE)}
+    arch.name: arch for arch in (detr.ARCHITECTURE, deformable_detr.ARCHITECTURE, dino.ARCHITECTURE)}
 
 
 def architecture(name: str) -> Architecture:

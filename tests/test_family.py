@@ -13,7 +13,8 @@ from util.nested_tensor import nested_tensor_from_tensor_list
 TINY = ["--backbone", "resnet18", "--no_pretrained_backbone", "--hidden_dim", "32", "--nheads", "2", "--enc_layers",
         "1", "--dec_layers", "2", "--dim_feedforward", "64", "--num_queries", "8", "--dropout", "0", "--num_classes",
         "6", "--device", "cpu"]
-FAMILY = {"detr": [], "deformable_detr": ["--enc_n_points", "2", "--dec_n_points", "2"]}
+FAMILY = {"detr": [], "deformable_detr": ["--enc_n_points", "2", "--dec_n_points", "2"],
+          "dino": ["--enc_n_points", "2", "--dec_n_points", "2", "--num_select", "20", "--dn_number", "4"]}
 
 
 def _build(meta_arch: str, *flags):
@@ -64,7 +65,8 @@ def test_attention_blocks_are_identities_at_init_in_every_architecture(meta_arch
 
 
 @pytest.mark.parametrize("preset, meta_arch", [("configs/demo_cpu.yaml", "detr"),
-                                               ("configs/deformable_detr.yaml", "deformable_detr")])
+                                               ("configs/deformable_detr.yaml", "deformable_detr"),
+                                               ("configs/dino_4scale.yaml", "dino")])
 def test_a_preset_alone_selects_its_architecture(preset, meta_arch):
     import argparse
 
