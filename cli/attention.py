@@ -10,10 +10,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backbone_attn", default="none",
                        help=f"attention block added to the backbone: none, {', '.join(ATTENTION)}")
     group.add_argument("--attn_stages", default=None, type=int, nargs="+",
-                       help="ResNet stages (1-4 = layer1-layer4) that get blocks (default: 2..last for blocks "
-                            "inside residual blocks, the last stage for stage-output blocks)")
+                       help="ResNet stages (1-4 = layer1-layer4) that get blocks (default: the block's; 2..last "
+                            "inside residual blocks and the last stage on stage outputs, except aa: the last, "
+                            "sasa: the last two, ran: every stage before the last)")
     group.add_argument("--attn_position", default=None, choices=("block", "stage"),
-                       help="inside every residual block, or once on each stage's output (default: the block's)")
+                       help="inside every residual block (aa, sasa: on its 3x3 convolution), or once on each "
+                            "stage's output (default: the block's)")
     group.add_argument("--lr_attn", default=1e-4, type=float,
                        help="learning rate of the backbone attention blocks (1e-4: see benchmarks/RESULTS.md)")
 

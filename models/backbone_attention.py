@@ -5,6 +5,8 @@ through forward hooks, so an official DETR checkpoint loads with only the block 
 
 - position ``block``: inside every residual block of the chosen stages, on the output of its last normalisation
   (``bn2`` of a BasicBlock, ``bn3`` of a Bottleneck), before the residual addition; places ``layer2_0``, ...
+  Blocks that augment a convolution (``augments_conv``: aa, sasa) go on the block's 3x3 convolution instead
+  (``conv2``: a Bottleneck's only one, a BasicBlock's second), reading its input and adding to its output.
 - position ``stage``: once on the output of each chosen stage; places ``layer4``, ...
 
 Stages are numbered as torchvision's ``layer1..layer4`` (the papers' c2..c5). Each block receives the padding mask
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.attention import ATTENTION, build_attention, default_position, supported_positions
+from models.attention import ATTENTION, build_attention, default_position, default_stages, supported_positions
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,8 @@ class AttentionPlan:
 
 def make_plan(name: str | None, stages: list[int] | None, position: str | None, last_stage: int
               ) -> AttentionPlan | None:
-    """Validate the flags and fill defaults: block position on stages 2..last, stage position on the last stage."""
+    """Validate the flags and fill defaults: the block's position and its default stages (block position on stages
+    2..last, stage position on the last stage, unless the block says otherwise)."""
     if name in (None, "", "none"):
         return None
     if name not in ATTENTION:
@@ -40,7 +43,7 @@ def make_plan(name: str | None, stages: list[int] | None, position: str | None, 
         raise ValueError(f"--attn_position {position} is not supported by {name!r} "
                          f"(supported: {', '.join(supported_positions(name))})")
     if not stages:
-        stages = list(range(2, last_stage + 1)) if position == "block" else [last_stage]
+        stages = list(default_stages(name, position, last_stage))
     bad = [s for s in stages if not 1 <= s <= last_stage]
     if bad:
         raise ValueError(f"--attn_stages {bad} out of range: the backbone computes stages 1..{last_stage}")
@@ -65,6 +68,15 @@ class AttentionHook:
         return self.host.blocks[self.place](output, self.host.mask_at(output.shape[-2:]))
 
 
+class ConvAugmentHook(AttentionHook):
+    """Forward hook of a convolution: ``blocks[place](output, its mask, source=input, source_mask=its mask)``."""
+
+    def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        source = inputs[0]
+        return self.host.blocks[self.place](output, self.host.mask_at(output.shape[-2:]), source=source,
+                                            source_mask=self.host.mask_at(source.shape[-2:]))
+
+
 class MaskedAttention(nn.Module):
     """The blocks of a plan, hooked into ``body``; call :meth:`set_mask` before each forward of ``body``."""
 
@@ -74,18 +86,24 @@ class MaskedAttention(nn.Module):
         self.blocks = nn.ModuleDict()
         self._mask: torch.Tensor | None = None
         self._resized: dict[tuple[int, int], torch.Tensor] = {}
+        on_conv = ATTENTION[plan.name].augments_conv
         for s in plan.stages:
             stage = getattr(body, f"layer{s}")
+            kwargs = {**ATTENTION[plan.name].placement_kwargs(s), **block_kwargs}
             if plan.position == "block":
                 for i, block in enumerate(stage):
-                    norm = _last_norm(block)
-                    self._add(f"layer{s}_{i}", norm, norm.weight.shape[0], block_kwargs)
+                    if on_conv:
+                        self._add(f"layer{s}_{i}", block.conv2, block.conv2.out_channels, kwargs, ConvAugmentHook)
+                    else:
+                        norm = _last_norm(block)
+                        self._add(f"layer{s}_{i}", norm, norm.weight.shape[0], kwargs)
             else:
-                self._add(f"layer{s}", stage, _stage_channels(stage), block_kwargs)
+                self._add(f"layer{s}", stage, _stage_channels(stage), kwargs)
 
-    def _add(self, place: str, host_module: nn.Module, channels: int, block_kwargs: dict) -> None:
+    def _add(self, place: str, host_module: nn.Module, channels: int, block_kwargs: dict,
+             hook: type[AttentionHook] = AttentionHook) -> None:
         self.blocks[place] = build_attention(self.plan.name, channels, **block_kwargs)
-        host_module.register_forward_hook(AttentionHook(self, place))
+        host_module.register_forward_hook(hook(self, place))
 
     def set_mask(self, mask: torch.Tensor | None) -> None:
         """mask ``[B, H, W]`` at image resolution, True on padding."""

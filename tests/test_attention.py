@@ -1,5 +1,6 @@
 """models/attention: shapes, identity at init, padding-awareness, masked pooling, gradients, parameter counts,
-equivalence with timm (se, eca, cbam, gc, nl) and with transcriptions of the authors' code (ca, cc, da)."""
+equivalence with timm (se, eca, cbam, gc, nl) and with transcriptions of the authors' code (ca, cc, da), for every
+registered block; the papers' definitions of aa, sasa, ran and stn are checked in test_attention_<name>.py."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,39 +9,14 @@ from torch import nn
 from models.attention import ATTENTION, SUPPORTED_POSITIONS, build_attention, default_position, supported_positions
 from models.attention.eca import eca_kernel_size
 from models.attention.masked_ops import masked_max, masked_mean, masked_softmax
+from tests.attention_inputs import C, padded_batch, perturb
 
 NAMES = list(ATTENTION)
 GATE_BLOCKS = ("se", "eca", "ca", "cbam")
-C = 32
 SIZES = ((4, 5), (6, 7))  # the first image is padded in both directions when batched with the second
 
 # Biases that add the same constant to every logit of a softmax, so their gradient is zero in exact arithmetic.
 SHIFT_INVARIANT = {"gc": {"conv_attn.bias"}, "nl": {"phi.bias"}, "cc": {"cca.key.bias"}, "da": {"key.bias"}}
-
-
-def padded_batch(sizes, channels=C, dtype=torch.float32, seed=0):
-    """Images ``[1, C, h, w]`` and their batch ``[N, C, H, W]`` (padding full of large garbage), mask ``[N, H, W]``."""
-    g = torch.Generator().manual_seed(seed)
-    images = [torch.randn(1, channels, h, w, generator=g, dtype=dtype) for h, w in sizes]
-    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
-    x = 50 * torch.randn(len(sizes), channels, height, width, generator=g, dtype=dtype)
-    mask = torch.ones(len(sizes), height, width, dtype=torch.bool)
-    for i, (h, w) in enumerate(sizes):
-        x[i, :, :h, :w] = images[i][0]
-        mask[i, :h, :w] = False
-    return images, x, mask
-
-
-@torch.no_grad()
-def perturb(block: nn.Module, seed: int = 0) -> nn.Module:
-    """Move a block away from identity: gammas (the 0-dim parameters) to 1, noise on everything else."""
-    g = torch.Generator().manual_seed(seed)
-    for p in block.parameters():
-        if p.ndim == 0:
-            p.fill_(1.0)
-        else:
-            p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return block
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -188,7 +164,7 @@ def test_no_batchnorm_and_weight_decay_rule(name):
         if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
             assert all(p.ndim == 1 for p in m.parameters())
     gammas = [n for n, p in block.named_parameters() if p.ndim == 0]
-    assert len(gammas) == {"gc": 0, "nl": 0, "da": 2}.get(name, 1)
+    assert len(gammas) == {"gc": 0, "nl": 0, "da": 2, "aa": 0, "sasa": 0, "stn": 0}.get(name, 1)
     assert all(n.rsplit(".", 1)[-1].startswith("gamma") for n in gammas)
 
 
@@ -197,12 +173,16 @@ def test_positions():
         assert default_position(name) in supported_positions(name) == SUPPORTED_POSITIONS[name]
     for name in (*GATE_BLOCKS, "gc"):
         assert supported_positions(name) == ("block", "stage") and default_position(name) == "block"
-    for name in ("nl", "cc", "da"):
+    for name in ("nl", "cc", "da", "ran", "stn"):
         assert supported_positions(name) == ("stage",) and default_position(name) == "stage"
+    for name in ("aa", "sasa"):  # on the 3x3 convolution inside residual blocks, or on stage outputs
+        assert supported_positions(name) == ("block", "stage") and default_position(name) == "block"
+        assert ATTENTION[name].augments_conv
+    assert not any(ATTENTION[name].augments_conv for name in NAMES if name not in ("aa", "sasa"))
 
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match="choices: gc, ca, se, eca, cbam, nl, cc, da"):
+    with pytest.raises(ValueError, match="choices: gc, ca, se, eca, cbam, nl, cc, da, aa, sasa, ran, stn"):
         build_attention("sk", 64)
     with pytest.raises(ValueError, match="choices"):
         default_position("nope")

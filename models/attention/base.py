@@ -14,6 +14,18 @@ class AttentionBlock(nn.Module):
 
     positions: tuple[str, ...] = ("block", "stage")
     default_position: str = "block"
+    augments_conv: bool = False  # True: at position "block" it augments the 3x3 convolution (see ConvAugmentation)
+
+    @classmethod
+    def default_stages(cls, position: str, last_stage: int) -> tuple[int, ...]:
+        """The stages (1..``last_stage``) that get the block at ``position`` when none are asked for: every stage
+        from 2 for ``block``, the last one for ``stage``."""
+        return tuple(range(2, last_stage + 1)) if position == "block" else (last_stage,)
+
+    @classmethod
+    def placement_kwargs(cls, stage: int) -> dict:
+        """Constructor arguments that depend on the ResNet stage (1..4) the block is placed in; none by default."""
+        return {}
 
     def reset_parameters(self) -> None:
         raise NotImplementedError
