@@ -5,17 +5,20 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import nn
 
+from datasets.bad_images import SkippedImages, split_batch
 from evaluation.coco_eval import CocoEvaluator
 from evaluation.panoptic_eval import PanopticEvaluator, format_pq_table
 from util.checkpoint import preserved_rng_state, save_checkpoint
 from util.distributed import broadcast_object, is_main_process, reduce_dict
 from util.metric_logger import MetricLogger, SmoothedValue
+from util.nested_tensor import NestedTensor
 
 STATS_NAMES = {"bbox": "bbox", "segm": "masks"}  # the official log's keys: coco_eval_bbox, coco_eval_masks
 PROGRESS_METERS = ("lr", "loss", "loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "class_error")
@@ -45,11 +48,15 @@ def takes_targets(model: nn.Module) -> bool:
 
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
-                    device: torch.device, epoch: int, max_norm: float = 0, print_freq: int = 10) -> dict:
+                    device: torch.device, epoch: int, max_norm: float = 0, print_freq: int = 10, *,
+                    stop_check: Callable[[str], None] | None = None, skipped: SkippedImages | None = None) -> dict:
     """Train for one pass over ``data_loader``; returns the epoch averages of every logged value and ``epoch_time``
     (seconds this process spent in the epoch, data loading included).
 
-    Raises NonFiniteLossError (before any parameter update) when the loss is not finite.
+    Raises NonFiniteLossError (before any parameter update) when the loss is not finite. ``stop_check(where)`` is
+    called before every step and may raise to abandon the epoch there (``util.stop_signals``). ``skipped`` counts the
+    images ``--skip_bad_images`` left out of the batches (``skipped_images`` is then among the returned values); a
+    step whose batch lost every image is skipped.
     """
     model.train()
     criterion.train()
@@ -59,7 +66,14 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     header = f"Epoch: [{epoch}]"
     weight_dict = criterion.weight_dict
     start = time.perf_counter()
-    for it, (samples, targets) in enumerate(metric_logger.log_every(data_loader, print_freq, header)):
+    for it, batch in enumerate(metric_logger.log_every(data_loader, print_freq, header)):
+        if stop_check is not None:
+            stop_check(f"during epoch {epoch} (before its iteration {it}; the epoch is abandoned)")
+        samples, targets, left_out = split_batch(batch)
+        if skipped is not None:
+            skipped.add(left_out)
+            if skipped.lost_batch(samples is None):
+                continue
         samples = samples.to(device)
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         outputs = model(samples, targets) if takes_targets(model) else model(samples)
@@ -80,13 +94,29 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         metric_logger.update(lr=optimizer.param_groups[0]["lr"])
     metric_logger.synchronize_between_processes()
     print("Averaged stats:", metric_logger, flush=True)
-    return {**{k: meter.global_avg for k, meter in metric_logger.meters.items()},
-            "epoch_time": time.perf_counter() - start}
+    stats = {**{k: meter.global_avg for k, meter in metric_logger.meters.items()},
+             "epoch_time": time.perf_counter() - start}
+    if skipped is not None:
+        stats["skipped_images"] = skipped.report(f"epoch {epoch}")
+    return stats
+
+
+def single_images(samples: NestedTensor, targets: list[dict]) -> list[NestedTensor]:
+    """Each image of a padded batch alone, without padding (``target["size"]`` is its height and width), exactly
+    as a batch of that one image holds it."""
+    singles = []
+    for i, target in enumerate(targets):
+        h, w = target["size"].tolist()
+        singles.append(NestedTensor(samples.tensors[i:i + 1, :, :h, :w].contiguous(),
+                                    samples.mask[i:i + 1, :h, :w].contiguous()))
+    return singles
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_loader: Iterable, base_ds,
-             device: torch.device, print_freq: int = 10, panoptic_evaluator=None) -> tuple[dict, CocoEvaluator]:
+             device: torch.device, print_freq: int = 10, panoptic_evaluator=None, *, batch_invariant: bool = False,
+             stop_check: Callable[[str], None] | None = None,
+             skipped: SkippedImages | None = None) -> tuple[dict, CocoEvaluator]:
     """Loss and COCO evaluation over ``data_loader`` (gathered across processes).
 
     ``postprocessors`` has ``bbox``, and with a mask head ``segm`` (instance masks, evaluated by COCOeval too) and
@@ -94,6 +124,12 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
     Returns (averaged stats with ``coco_eval_bbox`` (and ``coco_eval_masks``): the 12 COCO numbers, and with a
     panoptic evaluator ``PQ_all``, ``PQ_th``, ``PQ_st`` (dicts of pq, sq, rq in [0, 1] and n); the CocoEvaluator,
     whose COCOeval has run on the main process only).
+
+    By default a batch is padded to its largest image, as in the official code; the backbone's convolutions see that
+    padding at the image borders, so the numbers change with the batch size when image sizes differ.
+    ``batch_invariant``: each image goes through the model alone, unpadded, which gives the numbers of batch size 1
+    at any batch size (the logged losses are then averages of per-image losses). ``stop_check`` and ``skipped`` as
+    for :func:`train_one_epoch` (images left out are not evaluated; ``skipped_images`` is then among the stats).
     """
     model.eval()
     criterion.eval()
@@ -101,27 +137,31 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
     metric_logger.add_meter("class_error", SmoothedValue(window_size=1, fmt="{value:.2f}"))
     iou_types = tuple(k for k in ("segm", "bbox") if k in postprocessors)
     coco_evaluator = CocoEvaluator(base_ds, iou_types)
-    for samples, targets in metric_logger.log_every(data_loader, print_freq, "Test:"):
+    for it, batch in enumerate(metric_logger.log_every(data_loader, print_freq, "Test:")):
+        if stop_check is not None:
+            stop_check(f"during evaluation (before its batch {it})")
+        samples, targets, left_out = split_batch(batch)
+        lost_somewhere = False
+        if skipped is not None:
+            skipped.add(left_out)
+            lost_somewhere = skipped.lost_batch(samples is None)
+        if samples is None:
+            continue
         samples = samples.to(device)
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        outputs = model(samples)
-        loss_dict = criterion(outputs, targets)
-        loss_value, scaled, unscaled = _weighted_logs(loss_dict, criterion.weight_dict)
-        metric_logger.update(loss=loss_value, **scaled, **unscaled)
-        metric_logger.update(class_error=unscaled["class_error_unscaled"])
-
-        orig_target_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)
-        target_sizes = torch.stack([t["size"] for t in targets], dim=0)
-        results = postprocessors["bbox"](outputs, orig_target_sizes)
-        if "segm" in postprocessors:
-            results = postprocessors["segm"](results, outputs, orig_target_sizes, target_sizes)
-        coco_evaluator.update({t["image_id"].item(): r for t, r in zip(targets, results)})
-        if panoptic_evaluator is not None:
-            panoptic = postprocessors["panoptic"](outputs, target_sizes, orig_target_sizes)
-            for target, prediction in zip(targets, panoptic):
-                image_id = target["image_id"].item()
-                prediction.update(image_id=image_id, file_name=f"{image_id:012d}.png")
-            panoptic_evaluator.update(panoptic)
+        parts = list(zip(single_images(samples, targets), ([t] for t in targets))) if batch_invariant \
+            else [(samples, targets)]
+        loss_dicts = []
+        for part_samples, part_targets in parts:
+            outputs = model(part_samples)
+            loss_dicts.append(criterion(outputs, part_targets))
+            _record_predictions(outputs, part_targets, postprocessors, coco_evaluator, panoptic_evaluator)
+        if not lost_somewhere:  # a step that lost its whole batch on some process takes part in no collective
+            loss_dict = loss_dicts[0] if len(loss_dicts) == 1 else \
+                {k: torch.stack([d[k] for d in loss_dicts]).mean() for k in loss_dicts[0]}
+            loss_value, scaled, unscaled = _weighted_logs(loss_dict, criterion.weight_dict)
+            metric_logger.update(loss=loss_value, **scaled, **unscaled)
+            metric_logger.update(class_error=unscaled["class_error_unscaled"])
     metric_logger.synchronize_between_processes()
     print("Averaged stats:", metric_logger, flush=True)
     coco_evaluator.synchronize_between_processes()
@@ -140,7 +180,26 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
             coco_stats.update(PQ_all=pq["All"], PQ_th=pq["Things"], PQ_st=pq["Stuff"])
     stats = {k: meter.global_avg for k, meter in metric_logger.meters.items()}
     stats.update(broadcast_object(coco_stats))
+    if skipped is not None:
+        stats["skipped_images"] = skipped.report("evaluation")
     return stats, coco_evaluator
+
+
+def _record_predictions(outputs: dict, targets: list[dict], postprocessors: dict, coco_evaluator: CocoEvaluator,
+                        panoptic_evaluator) -> None:
+    """Post-process a batch's outputs and hand them to the COCO (and panoptic) evaluator."""
+    orig_target_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)
+    target_sizes = torch.stack([t["size"] for t in targets], dim=0)
+    results = postprocessors["bbox"](outputs, orig_target_sizes)
+    if "segm" in postprocessors:
+        results = postprocessors["segm"](results, outputs, orig_target_sizes, target_sizes)
+    coco_evaluator.update({t["image_id"].item(): r for t, r in zip(targets, results)})
+    if panoptic_evaluator is not None:
+        panoptic = postprocessors["panoptic"](outputs, target_sizes, orig_target_sizes)
+        for target, prediction in zip(targets, panoptic):
+            image_id = target["image_id"].item()
+            prediction.update(image_id=image_id, file_name=f"{image_id:012d}.png")
+        panoptic_evaluator.update(panoptic)
 
 
 class Evaluation:
@@ -153,23 +212,27 @@ class Evaluation:
 
     def __init__(self, model: nn.Module, criterion: nn.Module, postprocessors: dict, data_loader: Iterable,
                  coco_ground_truth, device: torch.device, print_freq: int, output_dir: Path | None,
-                 panoptic_ground_truth: tuple[Path, Path] | None = None):
+                 panoptic_ground_truth: tuple[Path, Path] | None = None, *, batch_invariant: bool = False,
+                 skipped: SkippedImages | None = None):
         self.model, self.criterion, self.postprocessors = model, criterion, postprocessors
         self.data_loader, self.coco_ground_truth, self.device = data_loader, coco_ground_truth, device
         self.print_freq, self.output_dir, self.panoptic_ground_truth = print_freq, output_dir, panoptic_ground_truth
+        self.batch_invariant, self.skipped = batch_invariant, skipped
+        self.stop_check: Callable[[str], None] | None = None  # set while a training run can be stopped
 
     def __call__(self) -> tuple[dict, CocoEvaluator]:
         """(stats, CocoEvaluator) as :func:`evaluate` returns them."""
+        options = dict(batch_invariant=self.batch_invariant, stop_check=self.stop_check, skipped=self.skipped)
         if "panoptic" not in self.postprocessors:
             return evaluate(self.model, self.criterion, self.postprocessors, self.data_loader, self.coco_ground_truth,
-                            self.device, self.print_freq)
+                            self.device, self.print_freq, **options)
         temporary = self.output_dir is None
         folder = self.output_dir / "panoptic_eval" if not temporary else Path(
             broadcast_object(tempfile.mkdtemp(prefix="panoptic_eval_") if is_main_process() else None))
         ann_file, ann_folder = self.panoptic_ground_truth
         panoptic_evaluator = PanopticEvaluator(ann_file, ann_folder, output_dir=str(folder))
         result = evaluate(self.model, self.criterion, self.postprocessors, self.data_loader, self.coco_ground_truth,
-                          self.device, self.print_freq, panoptic_evaluator=panoptic_evaluator)
+                          self.device, self.print_freq, panoptic_evaluator=panoptic_evaluator, **options)
         if temporary and is_main_process():  # evaluate() returns after the main process has read every PNG
             shutil.rmtree(folder, ignore_errors=True)
         return result

@@ -8,6 +8,8 @@ import sys
 
 import cli
 from run import run
+from util.stop_signals import Stopped
+from util.user_error import USER_ERRORS, debug_requested, one_line
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -20,9 +22,24 @@ def main(args: argparse.Namespace) -> dict:
     return run(args)
 
 
-if __name__ == "__main__":
+def command_line(argv: list[str] | None = None) -> int:
+    """``python main.py FLAGS``; returns the exit status. A failure the user can fix (``util.user_error``) ends in
+    one line ``error: ...`` on stderr and status 1, its traceback shown only with ``--debug`` or ``DETR_DEBUG=1``;
+    a run stopped by SIGTERM or SIGINT prints where to resume from and returns 128 + the signal's number."""
     parser = argparse.ArgumentParser("DETR training and evaluation script", parents=[get_args_parser()])
+    args = cli.parse_args(parser, argv)
     try:
-        main(cli.parse_args(parser))
-    except (FileNotFoundError, ValueError, NotImplementedError) as exc:
-        sys.exit(f"error: {exc}")
+        main(args)
+    except Stopped as stop:
+        print(stop, file=sys.stderr, flush=True)
+        return stop.exit_status
+    except USER_ERRORS as exc:
+        if debug_requested(args.debug):
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(command_line())

@@ -5,6 +5,8 @@
 import argparse
 import datetime
 import random
+import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,15 +17,18 @@ from torch import nn
 
 import cli
 from datasets import RunData, build_run_data
+from datasets.bad_images import SkippedImages
 from datasets.loaders import Loaders, build_loaders
 from engine import Evaluation, NonFiniteLossError, finish_epoch, summary_line, train_one_epoch
 from models import architecture, build_model
 from util import training_state
-from util.checkpoint import save_checkpoint
+from util.checkpoint import remove_stale_temporaries, save_checkpoint
 from util.config import dump_config, is_plain
-from util.distributed import ProcessSetup, init_distributed, is_main_process
+from util.distributed import ProcessSetup, broadcast_object, init_distributed, is_main_process, local_rank_and_size
 from util.optimizer import build_lr_scheduler, build_optimizer
 from util.provenance import git_sha
+from util.stop_signals import Stopped, StopSignals
+from util.user_error import UserError
 
 
 @dataclass
@@ -61,8 +66,10 @@ def prepare(args: argparse.Namespace) -> Session:
     process = init_distributed(args.device, args.dist_url)
     print(f"git: {git_sha()}", flush=True)
     _seed(args.seed + process.rank)
-    data = build_run_data(args, with_train=not args.eval)
     output_dir = Path(args.output_dir) if args.output_dir else None
+    _prepare_output_dir(output_dir)
+    local_rank, local_size = local_rank_and_size() if args.cache_mode else (0, 1)
+    data = build_run_data(args, with_train=not args.eval, cache_share=(local_rank, local_size))
     auto_resume = training_state.auto_resume_path(output_dir) if args.auto_resume and not args.eval else ""
     args = cli.resolve_args(args, num_classes=data.num_classes, device=process.device, auto_resume_path=auto_resume)
     device = torch.device(args.device)
@@ -78,14 +85,18 @@ def prepare(args: argparse.Namespace) -> Session:
                                 args.weight_decay, args.sgd)
     lr_scheduler = build_lr_scheduler(optimizer, args.lr_drop, args.lr_drop_epochs)
     loaders = build_loaders(data.train, data.val, args.batch_size, args.num_workers, process.distributed,
-                            process.world_size)
+                            process.world_size, skip_bad_images=args.skip_bad_images,
+                            node_shards=(process.rank, local_size) if args.cache_mode else None)
     evaluation = Evaluation(model, criterion, postprocessors, loaders.val, data.coco_ground_truth, device,
-                            args.print_freq, output_dir, data.panoptic_ground_truth)
+                            args.print_freq, output_dir, data.panoptic_ground_truth,
+                            batch_invariant=args.eval_batch_invariant,
+                            skipped=SkippedImages(device) if args.skip_bad_images else None)
     if output_dir is not None and is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cli.get_args_parser(), args, output_dir / "config.yaml")
     if args.frozen_weights and not args.resume:  # (a resumed run's checkpoint holds the frozen box model too)
-        training_state.load_frozen_weights(model_without_ddp, args.frozen_weights, args.num_classes)
+        training_state.load_frozen_weights(model_without_ddp, args.frozen_weights, args.num_classes,
+                                           _model_flags(args))
     if args.finetune_from:
         training_state.load_finetune_weights(model_without_ddp, args.finetune_from)
     return Session(args, process, data, loaders, output_dir, model, model_without_ddp, criterion, optimizer,
@@ -95,7 +106,8 @@ def prepare(args: argparse.Namespace) -> Session:
 def evaluate_only(s: Session) -> dict:
     """``--eval``: the ``--resume`` model's COCO (and PQ) evaluation; COCOeval's state to ``OUTPUT_DIR/eval.pth``."""
     if s.args.resume:
-        training_state.resume(s.args.resume, s.model_without_ddp, s.args.num_classes)
+        training_state.resume(s.args.resume, s.model_without_ddp, s.args.num_classes,
+                              run_flags=_model_flags(s.args))
     test_stats, coco_evaluator = s.evaluation()
     if s.output_dir is not None and is_main_process():
         save_checkpoint(coco_evaluator.coco_eval["bbox"].eval, s.output_dir / "eval.pth")
@@ -105,9 +117,42 @@ def evaluate_only(s: Session) -> dict:
 
 def train(s: Session) -> dict:
     """Epochs from the start (or the resumed) epoch to ``--epochs``: train, step the schedule, save the checkpoint,
-    evaluate when due, log. A non-finite loss stops the run naming the last good checkpoint."""
+    evaluate when due, log. A non-finite loss stops the run naming the last good checkpoint. SIGTERM or SIGINT
+    stops it between steps (``util.stop_signals``): the epoch under way is abandoned, the last complete epoch's
+    checkpoint stays as it is, and :class:`Stopped` says where to resume from."""
+    with StopSignals(s.args.device) as signals:
+        progress = {"saved_epoch": None}
+        try:
+            return _train(s, signals, progress)
+        except Stopped as stop:
+            raise Stopped(stop.signum, _resume_advice(str(stop), s.output_dir, progress["saved_epoch"])) from None
+        finally:
+            s.evaluation.stop_check = None
+
+
+def _resume_advice(stopped: str, output_dir: Path | None, saved_epoch: int | None) -> str:
+    """One line: how the run stopped and where to resume from (temporary files of an interrupted save removed)."""
+    if output_dir is None:
+        return f"{stopped}; nothing was saved (no --output_dir)"
+    if is_main_process():
+        remove_stale_temporaries(output_dir)
+        remove_stale_temporaries(output_dir / "eval")
+    checkpoint = output_dir / training_state.CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        return f"{stopped}; no epoch was complete, so no checkpoint was written: start the run again"
+    holds = f"holds epoch {saved_epoch}, the last complete one" if saved_epoch is not None else \
+        "holds the last complete epoch"
+    return f"{stopped}; {checkpoint} {holds}: resume with --resume {checkpoint} (or --auto_resume)"
+
+
+def _train(s: Session, signals: StopSignals, progress: dict) -> dict:
     args, output_dir = s.args, s.output_dir
     start_epoch, test_stats = _resume_training(s)
+    stop_check = signals.check if signals.active else None
+    s.evaluation.stop_check = stop_check
+    skipped = SkippedImages(args.device) if args.skip_bad_images else None
+    if start_epoch > 0 and output_dir is not None and (output_dir / training_state.CHECKPOINT_NAME).is_file():
+        progress["saved_epoch"] = start_epoch - 1
     if s.process.distributed:
         s.loaders.train_sampler.set_epoch(start_epoch)
         shard = list(s.loaders.train_sampler)
@@ -120,8 +165,7 @@ def train(s: Session) -> dict:
         if s.process.distributed:
             s.loaders.train_sampler.set_epoch(epoch)
         try:
-            train_stats = train_one_epoch(s.model, s.criterion, s.loaders.train, s.optimizer, torch.device(args.device),
-                                          epoch, args.clip_max_norm, args.print_freq)
+            train_stats = _train_epoch(s, epoch, stop_check, skipped, signals)
         except NonFiniteLossError as err:
             kept = output_dir / training_state.CHECKPOINT_NAME if output_dir else "none (no --output_dir)"
             raise SystemExit(f"Stopping: {err}. Last good checkpoint: {kept}") from err
@@ -131,11 +175,29 @@ def train(s: Session) -> dict:
                 or (epoch + 1) % 100 == 0
             training_state.save_training_state(output_dir, s.model_without_ddp, s.optimizer, s.lr_scheduler, epoch,
                                                flags, train_stats, keep_copy)
+            progress["saved_epoch"] = epoch
+        if stop_check is not None:
+            stop_check(f"after epoch {epoch} was saved")
         test_stats = finish_epoch(epoch, train_stats, s.evaluation if _evaluation_due(epoch, args) else None,
                                   output_dir, s.n_parameters) or test_stats
     print(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}", flush=True)
     _print_summary(test_stats, output_dir)
     return test_stats
+
+
+def _train_epoch(s: Session, epoch: int, stop_check, skipped: SkippedImages | None, signals: StopSignals) -> dict:
+    """One epoch of training. A stop signal sent to every process of the run (a process group, a SLURM step) also
+    ends the DataLoader workers, which fails the epoch's data loading: that is a stop too."""
+    args = s.args
+    try:
+        return train_one_epoch(s.model, s.criterion, s.loaders.train, s.optimizer, torch.device(args.device), epoch,
+                               args.clip_max_norm, args.print_freq, stop_check=stop_check, skipped=skipped)
+    except RuntimeError as exc:
+        if signals.received is None or isinstance(exc, (UserError, NonFiniteLossError)):
+            raise
+        name = signal.Signals(signals.received).name
+        raise Stopped(signals.received, f"stopped by {name} during epoch {epoch} (its DataLoader workers were "
+                                        "stopped too; the epoch is abandoned)") from exc
 
 
 def _resume_training(s: Session) -> tuple[int, dict]:
@@ -144,7 +206,7 @@ def _resume_training(s: Session) -> tuple[int, dict]:
     if not s.args.resume:
         return s.args.start_epoch, {}
     point = training_state.resume(s.args.resume, s.model_without_ddp, s.args.num_classes, s.optimizer,
-                                  s.lr_scheduler)
+                                  s.lr_scheduler, run_flags=_model_flags(s.args))
     if point is None:  # a weights-only file (an official checkpoint): train it from --start_epoch
         return s.args.start_epoch, {}
     test_stats = {}
@@ -156,6 +218,41 @@ def _resume_training(s: Session) -> tuple[int, dict]:
         test_stats = finish_epoch(point.saved_epoch, point.train_stats, s.evaluation if due else None, s.output_dir,
                                   s.n_parameters)
     return point.start_epoch, test_stats
+
+
+def _prepare_output_dir(output_dir: Path | None) -> None:
+    """Create ``--output_dir`` and check that it can be written (main process; a problem is an error on every
+    process), and remove the temporary files that an interrupted checkpoint save left there."""
+    if output_dir is None:
+        return
+    problem = None
+    if is_main_process():
+        problem = _output_dir_problem(output_dir)
+        if problem is None:
+            removed = remove_stale_temporaries(output_dir) + remove_stale_temporaries(output_dir / "eval")
+            if removed:
+                print(f"removed {len(removed)} temporary file(s) that an interrupted checkpoint save left in "
+                      f"{output_dir}: {', '.join(p.name for p in removed)}", flush=True)
+    problem = broadcast_object(problem)
+    if problem:
+        raise UserError(problem)
+
+
+def _output_dir_problem(output_dir: Path) -> str | None:
+    if output_dir.exists() and not output_dir.is_dir():
+        return f"--output_dir {output_dir} is a file, not a folder"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as exc:
+        return f"--output_dir {output_dir} cannot be written: {exc.strerror or exc}"
+    return None
+
+
+def _model_flags(args: argparse.Namespace) -> dict:
+    """This run's values of the flags that shape the model (compared with a checkpoint's that does not fit)."""
+    return {name: getattr(args, name) for name in cli.model_flags() if hasattr(args, name)}
 
 
 def _evaluation_due(epoch: int, args: argparse.Namespace) -> bool:

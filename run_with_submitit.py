@@ -21,6 +21,7 @@ from models.backbone import ensure_imagenet_weights, wants_imagenet_weights
 from run import run
 from util.config import ConfigError, parse_args_with_config
 from util.distributed import job_port
+from util.user_error import USER_ERRORS, UserError, debug_requested, one_line
 
 REPO = Path(__file__).resolve().parent
 
@@ -70,7 +71,13 @@ class Trainer:
         args = copy.deepcopy(self.args)
         self._set_distributed_env()
         args.auto_resume = not args.eval  # resume from OUTPUT_DIR/checkpoint.pth when a previous job wrote one
-        return run(args)
+        try:
+            return run(args)
+        except USER_ERRORS as exc:  # the task's log ends in the one line; submitit records the job as failed
+            if debug_requested(getattr(args, "debug", False)):
+                raise
+            print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+            raise UserError(one_line(exc)) from None
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(type(self)(self.args))
@@ -173,8 +180,10 @@ def main(argv: list[str] | None = None):
         parser.error(str(exc))
     try:
         return submit(args)
-    except FileNotFoundError as exc:
-        sys.exit(f"error: {exc}")
+    except USER_ERRORS as exc:
+        if debug_requested(args.debug):
+            raise
+        sys.exit(f"error: {one_line(exc)}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import cli
+from engine import takes_targets
 from models import architecture, build_model
 from util.config import parse_args_with_config
 from util.nested_tensor import nested_tensor_from_tensor_list
@@ -64,7 +65,7 @@ def measure(args, iters: int, warmup: int) -> dict:
         if i == warmup:
             _sync(device)
             start = time.perf_counter()
-        loss_dict = criterion(model(samples), targets)
+        loss_dict = criterion(model(samples, targets) if takes_targets(model) else model(samples), targets)
         loss = sum(loss_dict[k] * criterion.weight_dict[k] for k in loss_dict if k in criterion.weight_dict)
         optimizer.zero_grad()
         loss.backward()

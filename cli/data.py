@@ -18,6 +18,15 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no_multiscale", dest="multiscale", action="store_false",
                        help="train at --image_size with flips only (no multi-scale resize, no random crop)")
     group.add_argument("--num_workers", default=2, type=int)
+    group.add_argument("--cache_mode", action="store_true",
+                       help="cache images in memory: each process keeps the encoded bytes of its share of a node's "
+                            "images and samples only those (Deformable DETR's flag)")
+    group.add_argument("--skip_bad_images", action="store_true",
+                       help="leave out images that cannot be read or are not the size their annotation file says "
+                            "(one warning each, a count at the end of each epoch) instead of stopping")
+    group.add_argument("--strict_annotations", action="store_true",
+                       help="make annotations with an invalid box (not finite, empty, outside the image) an error "
+                            "instead of leaving them out of training and evaluation with a warning")
 
 
 def check(args: argparse.Namespace) -> None:

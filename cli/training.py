@@ -28,6 +28,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        help="initialise from a checkpoint, skipping entries whose shapes differ")
     group.add_argument("--start_epoch", default=0, type=int, metavar="N", help="start epoch")
     group.add_argument("--print_freq", default=10, type=int, help="iterations between progress lines")
+    group.add_argument("--debug", action="store_true",
+                       help="show the traceback of a failure the user can fix (as the environment variable "
+                            "DETR_DEBUG=1 does), not only its one-line error")
 
 
 def check(args: argparse.Namespace) -> None:

@@ -31,14 +31,15 @@ def get_coco_api_from_dataset(dataset) -> COCO:
     return coco
 
 
-def build_dataset(image_set: str, args):
-    """Dataset ``image_set`` ('train' or 'val') for ``args.dataset_file``; see each builder for the args it reads."""
+def build_dataset(image_set: str, args, cache_share: tuple[int, int] = (0, 1)):
+    """Dataset ``image_set`` ('train' or 'val') for ``args.dataset_file``; see each builder for the args it reads.
+    ``cache_share``: this process's (local rank, processes per node), the share of images ``--cache_mode`` keeps."""
     if args.dataset_file == "coco":
         from datasets.coco import build as build_coco
-        return build_coco(image_set, args)
+        return build_coco(image_set, args, cache_share)
     if args.dataset_file == "coco_panoptic":
         from datasets.coco_panoptic import build as build_coco_panoptic
-        return build_coco_panoptic(image_set, args)
+        return build_coco_panoptic(image_set, args, cache_share)
     raise ValueError(f"--dataset_file {args.dataset_file!r} is not supported; choices: {list(DATASET_CHOICES)}")
 
 
@@ -56,14 +57,18 @@ class RunData:
     panoptic_ground_truth: tuple[Path, Path] | None = None
 
 
-def build_run_data(args: argparse.Namespace, with_train: bool) -> RunData:
-    """The datasets ``args`` describe (see each builder for the flags it reads)."""
-    val = build_dataset("val", args)
-    train = build_dataset("train", args) if with_train else None
+def build_run_data(args: argparse.Namespace, with_train: bool, cache_share: tuple[int, int] = (0, 1)) -> RunData:
+    """The datasets ``args`` describe (see each builder for the flags it reads); a split without images is an
+    error naming its annotation file."""
+    val = build_dataset("val", args, cache_share)
+    train = build_dataset("train", args, cache_share) if with_train else None
+    for split, dataset in (("val", val), ("train", train)):
+        if dataset is not None and len(dataset) == 0:
+            raise ValueError(f"the {split} set is empty: annotation file {dataset.ann_file} lists no image")
     num_classes = (val if train is None else train).num_classes()
     if args.dataset_file != "coco_panoptic":
         return RunData(train, val, get_coco_api_from_dataset(val), num_classes)
     # box and mask AP of panoptic data: against the COCO instances of the same images (things only)
-    instances = build_dataset("val", argparse.Namespace(**{**vars(args), "dataset_file": "coco"}))
+    instances = build_dataset("val", argparse.Namespace(**{**vars(args), "dataset_file": "coco", "cache_mode": False}))
     return RunData(train, val, get_coco_api_from_dataset(instances), num_classes, val.is_thing_map(),
                    (val.ann_file, val.ann_folder))

@@ -10,7 +10,6 @@ Each item is ``(image, target)``: image ``[3, H, W]`` float, ImageNet-normalised
 import contextlib
 import io
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -19,8 +18,15 @@ import PIL.Image
 import torch
 import torchvision
 from pycocotools import mask as coco_mask
+from pycocotools.coco import COCO
 
 import datasets.transforms as T
+from datasets.annotation_schema import check_instances
+from datasets.bad_images import SkippedImage
+from datasets.image_cache import ImageBytesCache
+from datasets.image_file import BadImageError, read_image
+from datasets.invalid_boxes import drop_invalid_boxes
+from util.distributed import is_main_process
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,14 +54,9 @@ def check_category_ids(category_ids, num_classes: int, source: str) -> None:
 
 
 def read_rgb_image(path: str | Path, image_id: int, ann_file: str | Path) -> PIL.Image.Image:
-    """The image file of ``image_id`` (listed in ``ann_file``) as RGB; errors name the file and the id."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file {path} (image id {image_id} in {ann_file}) not found")
-    try:
-        with PIL.Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
-        raise OSError(f"cannot read image file {path} (image id {image_id}): {e}") from e
+    """The image file of ``image_id`` (listed in ``ann_file``) as upright 8-bit RGB; errors name the file and the id
+    (``datasets.image_file.read_image`` without a size check)."""
+    return read_image(path, image_id, ann_file)
 
 
 def convert_coco_poly_to_mask(segmentations: list, height: int, width: int) -> torch.Tensor:
@@ -113,49 +114,77 @@ class ConvertCocoPolysToMask:
 
 
 class CocoDetection(torchvision.datasets.CocoDetection):
-    """torchvision's COCO dataset returning DETR targets, with errors that name the offending file.
+    """torchvision's COCO dataset returning DETR targets, checked when built, with errors that name the file.
 
-    ``num_classes`` (optional) is checked once here: every category id must be < num_classes.
-    ``remove_difficult``: annotations with a true ``difficult`` field (VOC-style datasets) become crowd regions,
-    so training leaves them out and COCO evaluation neither counts nor penalises detections on them.
+    The annotation file must have the structure ``datasets.annotation_schema`` describes; annotations with an
+    invalid box are left out (``datasets.invalid_boxes``; ``strict_annotations``: an error instead), so training
+    and the evaluation ground truth (``.coco``) agree. ``num_classes`` (optional) is checked once here: every
+    category id must be < num_classes. ``remove_difficult``: annotations with a true ``difficult`` field (VOC-style
+    datasets) become crowd regions, so training leaves them out and COCO evaluation neither counts nor penalises
+    detections on them. Each image is decoded fully and must be the size its annotation file says
+    (``datasets.image_file``); ``skip_bad_images``: an image that fails gives a ``datasets.bad_images.SkippedImage``
+    item instead of an error. ``cache``: keep the files' bytes in memory (``datasets.image_cache``; this process's
+    share is ``cache_share`` = (local rank, processes per node)).
     """
 
     def __init__(self, img_folder: str | Path, ann_file: str | Path, transforms: Optional[Callable],
-                 return_masks: bool, num_classes: Optional[int] = None, remove_difficult: bool = False):
+                 return_masks: bool, num_classes: Optional[int] = None, remove_difficult: bool = False, *,
+                 strict_annotations: bool = False, skip_bad_images: bool = False, cache: bool = False,
+                 cache_share: tuple[int, int] = (0, 1)):
         img_folder, ann_file = Path(img_folder), Path(ann_file)
         if not img_folder.is_dir():
             raise FileNotFoundError(f"image folder {img_folder} not found (expected a directory of the images "
                                     f"listed in {ann_file.name})")
         if not ann_file.is_file():
             raise FileNotFoundError(f"annotation file {ann_file} not found (expected a COCO instances JSON file)")
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' "loading annotations..." chatter
-                super().__init__(str(img_folder), str(ann_file))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"annotation file {ann_file} is not valid JSON: {e}") from e
+        data = _read_annotation_json(ann_file)
+        check_instances(data, ann_file, need_segmentation=return_masks)
+        dropped = drop_invalid_boxes(data, ann_file, strict=strict_annotations)
+        if dropped and is_main_process():
+            print(f"warning: {dropped}", flush=True)
+        torchvision.datasets.VisionDataset.__init__(self, str(img_folder))
+        self.coco = COCO()
+        self.coco.dataset = data
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' "creating index..." chatter
+            self.coco.createIndex()
+        self.ids = sorted(self.coco.imgs)
         self.ann_file = ann_file
         if remove_difficult:
-            for ann in self.coco.dataset.get("annotations", []):
+            for ann in self.coco.dataset["annotations"]:
                 if ann.get("difficult", 0):
                     ann["iscrowd"] = 1
         self._transforms = transforms
         self.prepare = ConvertCocoPolysToMask(return_masks)
+        self.skip_bad_images = skip_bad_images
+        self.cache = ImageBytesCache([self._path(i) for i in self.ids], *cache_share) if cache else None
+        if self.cache is not None and is_main_process():
+            print(f"--cache_mode: {len(self.cache)} of the {len(self.ids)} images of {img_folder} "
+                  f"({self.cache.nbytes() / 2**20:.1f} MiB) in memory on this process", flush=True)
         if num_classes is not None:
             check_category_ids(self._category_ids(), num_classes, f"annotation file {self.ann_file}")
 
     def num_classes(self) -> int:
-        """Largest category id in the categories and annotations + 1 (91 for COCO 2017)."""
+        """Largest category id + 1 (91 for COCO 2017); every annotation's category is among the categories."""
         return max(self._category_ids(), default=0) + 1
 
     def _category_ids(self) -> set[int]:
-        return set(self.coco.cats) | {a["category_id"] for a in self.coco.anns.values()}
+        return set(self.coco.cats)
+
+    def _path(self, image_id: int) -> Path:
+        return Path(self.root) / self.coco.imgs[image_id]["file_name"]
 
     def _load_image(self, id: int) -> PIL.Image.Image:
-        return read_rgb_image(os.path.join(self.root, self.coco.loadImgs(id)[0]["file_name"]), id, self.ann_file)
+        info = self.coco.imgs[id]
+        return read_image(self._path(id), id, self.ann_file, (info["width"], info["height"]), self.cache)
 
-    def __getitem__(self, idx: int) -> tuple[Any, dict]:
+    def __getitem__(self, idx: int) -> tuple[Any, dict] | SkippedImage:
         image_id = self.ids[idx]
-        img = self._load_image(image_id)
+        try:
+            img = self._load_image(image_id)
+        except (BadImageError, FileNotFoundError) as exc:
+            if not self.skip_bad_images:
+                raise
+            return SkippedImage(image_id, str(exc))
         img, target = self.prepare(img, {"image_id": image_id, "annotations": self._load_target(image_id)})
         if self._transforms is not None:
             img, target = self._transforms(img, target)
@@ -196,10 +225,11 @@ def make_coco_transforms(image_set: str, image_size: int = 800, multiscale: bool
     raise ValueError(f"unknown image_set {image_set!r}; expected 'train' or 'val'")
 
 
-def build(image_set: str, args) -> CocoDetection:
+def build(image_set: str, args, cache_share: tuple[int, int] = (0, 1)) -> CocoDetection:
     """COCO ``image_set`` ('train' or 'val') from ``args.coco_path``, ``args.masks``, ``args.num_classes`` (may be
-    None: no id check), ``args.image_size`` (default 800), ``args.multiscale`` (default True) and
-    ``args.remove_difficult`` (default False)."""
+    None: no id check), ``args.image_size`` (default 800), ``args.multiscale`` (default True),
+    ``args.remove_difficult``, ``args.strict_annotations``, ``args.skip_bad_images`` and ``args.cache_mode`` (default
+    False; ``cache_share``: this process's (local rank, processes per node))."""
     root = Path(args.coco_path)
     if not root.is_dir():
         raise FileNotFoundError(f"--coco_path {root} is not a directory (expected train2017/, val2017/ and "
@@ -208,6 +238,12 @@ def build(image_set: str, args) -> CocoDetection:
         raise ValueError(f"unknown image_set {image_set!r}; expected one of {sorted(COCO_SPLITS)}")
     folder, ann_name = COCO_SPLITS[image_set]
     transforms = make_coco_transforms(image_set, getattr(args, "image_size", 800), getattr(args, "multiscale", True))
-    return CocoDetection(root / folder, root / "annotations" / ann_name, transforms=transforms,
-                         return_masks=args.masks, num_classes=getattr(args, "num_classes", None),
-                         remove_difficult=getattr(args, "remove_difficult", False))
+    dataset = CocoDetection(root / folder, root / "annotations" / ann_name, transforms=transforms,
+                            return_masks=args.masks, num_classes=getattr(args, "num_classes", None),
+                            remove_difficult=getattr(args, "remove_difficult", False),
+                            strict_annotations=getattr(args, "strict_annotations", False),
+                            skip_bad_images=getattr(args, "skip_bad_images", False),
+                            cache=getattr(args, "cache_mode", False), cache_share=cache_share)
+    if image_set == "train" and len(dataset) and not dataset.coco.anns:
+        raise ValueError(f"annotation file {dataset.ann_file} has no usable annotation: nothing to train on")
+    return dataset

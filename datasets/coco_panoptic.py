@@ -34,7 +34,11 @@ import torch
 import torch.utils.data
 from torchvision.ops import masks_to_boxes
 
-from datasets.coco import _read_annotation_json, check_category_ids, make_coco_transforms, read_rgb_image
+from datasets.annotation_schema import check_top_level
+from datasets.bad_images import SkippedImage
+from datasets.coco import _read_annotation_json, check_category_ids, make_coco_transforms
+from datasets.image_cache import ImageBytesCache
+from datasets.image_file import BadImageError, read_image, size_mismatch
 from datasets.transforms import INSTANCE_FIELDS
 from util.panoptic_png import read_panoptic_png
 
@@ -61,11 +65,14 @@ class CocoPanoptic(torch.utils.data.Dataset):
 
     Images and annotations are paired by image id and ordered by it (``ids``). ``num_classes`` (optional) is
     checked once here: every category id must be < num_classes. ``categories`` maps category id -> the JSON's
-    category dict; ``ann_file`` and ``ann_folder`` are what a panoptic evaluator reads.
+    category dict; ``ann_file`` and ``ann_folder`` are what a panoptic evaluator reads. Images are read as
+    ``datasets.coco.CocoDetection`` reads them (``skip_bad_images``, ``cache`` and ``cache_share`` as there); each
+    must be the size the JSON says, as its PNG must.
     """
 
     def __init__(self, img_folder: str | Path, ann_folder: str | Path, ann_file: str | Path,
-                 transforms: Optional[Callable] = None, return_masks: bool = True, num_classes: Optional[int] = None):
+                 transforms: Optional[Callable] = None, return_masks: bool = True, num_classes: Optional[int] = None,
+                 *, skip_bad_images: bool = False, cache: bool = False, cache_share: tuple[int, int] = (0, 1)):
         self.img_folder, self.ann_folder, self.ann_file = Path(img_folder), Path(ann_folder), Path(ann_file)
         if not self.ann_file.is_file():
             raise FileNotFoundError(f"panoptic annotation file {self.ann_file} not found (expected a COCO panoptic "
@@ -77,6 +84,7 @@ class CocoPanoptic(torch.utils.data.Dataset):
             raise FileNotFoundError(f"panoptic PNG folder {self.ann_folder} not found (expected a directory of the "
                                     f"PNGs listed in {self.ann_file.name})")
         data = _read_annotation_json(self.ann_file)
+        check_top_level(data, self.ann_file, kind="COCO panoptic")
         try:
             self._index(data)
         except KeyError as e:
@@ -84,6 +92,9 @@ class CocoPanoptic(torch.utils.data.Dataset):
                              f"an image, annotation, segment or category)") from e
         self._transforms = transforms
         self.return_masks = return_masks
+        self.skip_bad_images = skip_bad_images
+        self.cache = ImageBytesCache([self.img_folder / self._images[i]["file_name"] for i in self.ids],
+                                     *cache_share) if cache else None
         if num_classes is not None:
             check_category_ids(self.categories, num_classes, f"panoptic annotation file {self.ann_file}")
 
@@ -91,6 +102,7 @@ class CocoPanoptic(torch.utils.data.Dataset):
         """Pair images with annotations by image id; every image needs exactly one annotation and vice versa."""
         self._images: dict[int, dict] = {}
         for img in data["images"]:
+            img["file_name"], img["width"], img["height"]  # noqa: B018 (every image needs them: KeyError otherwise)
             if img["id"] in self._images:
                 raise ValueError(f"panoptic annotation file {self.ann_file} lists image id {img['id']} twice")
             self._images[img["id"]] = img
@@ -146,17 +158,28 @@ class CocoPanoptic(torch.utils.data.Dataset):
         except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
             raise OSError(f"cannot read panoptic PNG {path} (image id {image_id}): {e}") from e
 
-    def __getitem__(self, idx: int) -> tuple[Any, dict]:
+    def __getitem__(self, idx: int) -> tuple[Any, dict] | SkippedImage:
         image_id = self.ids[idx]
         ann = self._annotations[image_id]
         img_path = self.img_folder / self._images[image_id]["file_name"]
         png_path = self.ann_folder / ann["file_name"]
-        img = read_rgb_image(img_path, image_id, self.ann_file)
+        try:
+            img = read_image(img_path, image_id, self.ann_file, cache=self.cache)
+        except (BadImageError, FileNotFoundError) as exc:
+            if not self.skip_bad_images:
+                raise
+            return SkippedImage(image_id, str(exc))
         segment_map = self._load_segment_ids(png_path, image_id)
         w, h = img.size
         if segment_map.shape != (h, w):
             raise ValueError(f"panoptic PNG {png_path} is {segment_map.shape[1]}x{segment_map.shape[0]} pixels but "
                              f"image {img_path} is {w}x{h} (image id {image_id})")
+        expected = (self._images[image_id]["width"], self._images[image_id]["height"])
+        if img.size != expected:
+            message = size_mismatch(f"image file {img_path} (image id {image_id})", img.size, expected, self.ann_file)
+            if not self.skip_bad_images:
+                raise BadImageError(message)
+            return SkippedImage(image_id, message)
         target = self._target(torch.from_numpy(segment_map), ann["segments_info"], image_id)
         if self._transforms is not None:
             img, target = self._transforms(img, target)
@@ -188,10 +211,11 @@ class CocoPanoptic(torch.utils.data.Dataset):
         return target
 
 
-def build(image_set: str, args) -> CocoPanoptic:
+def build(image_set: str, args, cache_share: tuple[int, int] = (0, 1)) -> CocoPanoptic:
     """COCO panoptic ``image_set`` ('train' or 'val'): images from ``args.coco_path``, annotations from
     ``args.coco_panoptic_path``; ``args.masks``, ``args.num_classes`` (may be None: no id check),
-    ``args.image_size`` and ``args.multiscale`` as ``datasets.coco.build`` reads them."""
+    ``args.image_size``, ``args.multiscale``, ``args.skip_bad_images`` and ``args.cache_mode`` (with ``cache_share``)
+    as ``datasets.coco.build`` reads them."""
     if image_set not in PANOPTIC_SPLITS:
         raise ValueError(f"unknown image_set {image_set!r}; expected one of {sorted(PANOPTIC_SPLITS)}")
     layout = "annotations/panoptic_{train,val}2017.json and panoptic_{train,val}2017/"
@@ -217,4 +241,6 @@ def build(image_set: str, args) -> CocoPanoptic:
             raise FileNotFoundError(f"{what} {path} not found (from {flag} {root})")
     transforms = make_coco_transforms(image_set, getattr(args, "image_size", 800), getattr(args, "multiscale", True))
     return CocoPanoptic(img_folder, ann_folder, ann_file, transforms=transforms, return_masks=args.masks,
-                        num_classes=getattr(args, "num_classes", None))
+                        num_classes=getattr(args, "num_classes", None),
+                        skip_bad_images=getattr(args, "skip_bad_images", False),
+                        cache=getattr(args, "cache_mode", False), cache_share=cache_share)

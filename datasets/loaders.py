@@ -4,12 +4,17 @@ from dataclasses import dataclass
 
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
+from datasets.bad_images import collate_skipping
+from datasets.node_sampler import NodeShardSampler
 from util.nested_tensor import collate_fn
 
 
 def ignore_job_signals(worker_id: int) -> None:
-    """DataLoader workers leave SLURM's requeue signal (SIGUSR2) to the main process's handler."""
-    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    """DataLoader workers leave SLURM's requeue signal (SIGUSR2) and Ctrl-C (SIGINT, which a terminal sends to every
+    process of the run) to the main process, which decides when to stop. SIGTERM keeps its default: it is how
+    DataLoader and multiprocessing end their workers."""
+    for signum in (signal.SIGUSR2, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 @dataclass
@@ -17,23 +22,37 @@ class Loaders:
     """``train`` (None when only evaluating) with its sampler (``set_epoch`` it when distributed), and ``val``."""
 
     train: DataLoader | None
-    train_sampler: RandomSampler | DistributedSampler | None
+    train_sampler: RandomSampler | DistributedSampler | NodeShardSampler | None
     val: DataLoader
 
 
 def build_loaders(dataset_train: Dataset | None, dataset_val: Dataset, batch_size: int, num_workers: int,
-                  distributed: bool, world_size: int = 1) -> Loaders:
-    """Shuffled training batches (full batches only) and sequential validation batches of ``batch_size`` images."""
-    sampler_val = DistributedSampler(dataset_val, shuffle=False) if distributed else SequentialSampler(dataset_val)
-    loader_val = DataLoader(dataset_val, batch_size, sampler=sampler_val, drop_last=False, collate_fn=collate_fn,
+                  distributed: bool, world_size: int = 1, *, skip_bad_images: bool = False,
+                  node_shards: tuple[int, int] | None = None) -> Loaders:
+    """Shuffled training batches (full batches only) and sequential validation batches of ``batch_size`` images.
+
+    ``skip_bad_images``: batches leave out the items the dataset could not read (``datasets.bad_images``).
+    ``node_shards``: (rank, processes per node) for ``--cache_mode`` in distributed training: each process samples
+    only the images it caches (``datasets.node_sampler``).
+    """
+    collate = collate_skipping if skip_bad_images else collate_fn
+    if distributed and node_shards is not None:
+        rank, local_size = node_shards
+        sampler_val = NodeShardSampler(len(dataset_val), rank, world_size, local_size, shuffle=False)
+    else:
+        sampler_val = DistributedSampler(dataset_val, shuffle=False) if distributed else SequentialSampler(dataset_val)
+    loader_val = DataLoader(dataset_val, batch_size, sampler=sampler_val, drop_last=False, collate_fn=collate,
                             num_workers=num_workers, worker_init_fn=ignore_job_signals)
     if dataset_train is None:
         return Loaders(None, None, loader_val)
-    sampler_train = DistributedSampler(dataset_train) if distributed else RandomSampler(dataset_train)
+    if distributed and node_shards is not None:
+        sampler_train = NodeShardSampler(len(dataset_train), node_shards[0], world_size, node_shards[1])
+    else:
+        sampler_train = DistributedSampler(dataset_train) if distributed else RandomSampler(dataset_train)
     batch_sampler_train = BatchSampler(sampler_train, batch_size, drop_last=True)
     if len(batch_sampler_train) == 0:
         raise ValueError(f"--batch_size {batch_size} is larger than the training set per process "
                          f"({len(dataset_train)} images / {world_size} processes)")
-    loader_train = DataLoader(dataset_train, batch_sampler=batch_sampler_train, collate_fn=collate_fn,
+    loader_train = DataLoader(dataset_train, batch_sampler=batch_sampler_train, collate_fn=collate,
                               num_workers=num_workers, worker_init_fn=ignore_job_signals)
     return Loaders(loader_train, sampler_train, loader_val)

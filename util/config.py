@@ -18,14 +18,23 @@ def _actions_by_dest(parser: argparse.ArgumentParser) -> dict[str, argparse.Acti
 
 
 def _check_scalar(action: argparse.Action, value, where: str):
+    """``value`` converted as the command line converts the flag's text: the flag's type applied to the text a
+    YAML number or string stands for (``int("2.7")`` fails where ``int(2.7)`` would silently give 2)."""
     if isinstance(value, (dict, list)):
         raise ConfigError(f"{where}: expected a single value, got {value!r}")
-    if action.type is not None and value is not None:
-        if isinstance(value, bool) and action.type is not bool:
-            raise ConfigError(f"{where}: expected {action.type.__name__}, got a boolean {value!r}")
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        if action.type is not bool:
+            kind = action.type.__name__ if action.type is not None else "a string"
+            raise ConfigError(f"{where}: expected {kind}, got a boolean {value!r}")
+    elif action.type is bool:  # bool("false") is True: only a YAML true/false says what it means
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    else:
+        convert = action.type or str
         try:
-            value = action.type(value)
-        except (TypeError, ValueError) as exc:
+            value = convert(str(value))
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
             raise ConfigError(f"{where}: bad value {value!r} ({exc})") from exc
     if action.choices is not None and value not in action.choices:
         raise ConfigError(f"{where}: {value!r} is not one of {list(action.choices)}")
@@ -46,6 +55,8 @@ def _check_value(action: argparse.Action, value, where: str):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         if action.nargs == "+" and not value:
             raise ConfigError(f"{where}: expected a non-empty list")
+        if isinstance(action.nargs, int) and len(value) != action.nargs:
+            raise ConfigError(f"{where}: expected a list of {action.nargs} values, got {len(value)}")
         return [_check_scalar(action, v, where) for v in value]
     return _check_scalar(action, value, where)
 

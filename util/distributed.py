@@ -60,6 +60,16 @@ def reduce_dict(input_dict: dict, average: bool = True) -> dict:
         return dict(zip(names, values))
 
 
+def any_process(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """Whether ``flag`` is true on any process (every process must call this at the same point); ``device`` is
+    where this process's collectives run (CUDA for NCCL)."""
+    if get_world_size() == 1:
+        return bool(flag)
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def barrier() -> None:
     if is_dist_avail_and_initialized():
         dist.barrier()
@@ -114,6 +124,19 @@ def detect_dist_env() -> DistEnv | None:
         env.setdefault("MASTER_PORT", str(job_port(env.get("SLURM_JOB_ID", "0"))))
         return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
     return None
+
+
+def local_rank_and_size() -> tuple[int, int]:
+    """This process's rank on its node and the number of processes on each node, from torchrun's variables
+    (LOCAL_RANK, LOCAL_WORLD_SIZE) or SLURM's (SLURM_LOCALID, SLURM_NTASKS_PER_NODE or SLURM_TASKS_PER_NODE such as
+    ``4(x2)``); (0, 1) for a plain single process."""
+    env = os.environ
+    if detect_dist_env() is None:
+        return 0, 1
+    local_rank = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", 0)))
+    size = env.get("LOCAL_WORLD_SIZE") or env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or "1"
+    match = re.match(r"\d+", size)
+    return local_rank, int(match.group(0)) if match else 1
 
 
 @dataclass(frozen=True)

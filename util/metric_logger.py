@@ -53,6 +53,8 @@ class SmoothedValue:
         return self.deque[-1]
 
     def __str__(self) -> str:
+        if not self.deque:  # nothing recorded yet (e.g. the first steps' batches were all skipped)
+            return "-"
         return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg, max=self.max,
                                value=self.value)
 

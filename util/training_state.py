@@ -4,6 +4,7 @@
 File-level safety (atomic writes, ``weights_only`` loading) is util/checkpoint.py's; this module decides what goes
 into a checkpoint and how one is put back.
 """
+import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,16 +50,64 @@ def class_count_hint(state: dict, model: nn.Module, num_classes: int) -> str:
     return ""
 
 
-def load_frozen_weights(model: nn.Module, path: str, num_classes: int) -> None:
-    """The official segmentation recipe: the box model of ``path`` under a new mask head (``model.detr``)."""
+def flag_differences(checkpoint: dict, run_flags: dict | None) -> list[str]:
+    """'--NAME VALUE here, VALUE in the checkpoint' for each of ``run_flags`` (name -> this run's value) whose value
+    differs from the one stored under the checkpoint's ``args`` (a plain dict in ours, an argparse.Namespace in the
+    official ones); flags the checkpoint does not record are not compared."""
+    saved = checkpoint.get("args") if isinstance(checkpoint, dict) else None
+    if isinstance(saved, argparse.Namespace):
+        saved = vars(saved)
+    if not isinstance(saved, dict) or not run_flags:
+        return []
+
+    def plain(value):
+        return list(value) if isinstance(value, tuple) else value
+
+    return [f"--{name} {value!r} here, {saved[name]!r} in the checkpoint" for name, value in run_flags.items()
+            if name in saved and plain(saved[name]) != plain(value)]
+
+
+def state_mismatch(model: nn.Module, state: dict) -> str:
+    """One line on how ``state`` differs from ``model``'s entries: shapes, missing and unexpected names."""
+    own = model.state_dict()
+    reshaped = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    parts = []
+    if reshaped:
+        k = reshaped[0]
+        parts.append(f"{len(reshaped)} entries of other shapes (e.g. {k}: checkpoint {tuple(state[k].shape)}, "
+                     f"model {tuple(own[k].shape)})")
+    if missing:
+        parts.append(f"{len(missing)} model entries missing from the checkpoint (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} checkpoint entries unknown to the model (e.g. {unexpected[0]})")
+    return "; ".join(parts) or "the entries do not load"
+
+
+def _does_not_fit(flag: str, path: str, what: str, state: dict, model: nn.Module, num_classes: int,
+                  differences: list[str]) -> str:
+    hint = class_count_hint(state, model, num_classes)
+    if differences:
+        return (f"{flag} {path} does not fit the {what} built from these flags{hint}; they differ from the "
+                f"checkpoint's: {'; '.join(differences)} (use the checkpoint's values, or --finetune_from to load "
+                "what fits)")
+    return (f"{flag} {path} does not fit the {what} built from these flags (backbone, hidden_dim, layers, "
+            f"num_queries, num_classes, --masks ...){hint}: {state_mismatch(model, state)}")
+
+
+def load_frozen_weights(model: nn.Module, path: str, num_classes: int, run_flags: dict | None = None) -> None:
+    """The official segmentation recipe: the box model of ``path`` under a new mask head (``model.detr``).
+    ``run_flags``: this run's model-shaping flags, compared with the checkpoint's when the weights do not fit."""
     box_model = model.detr
-    state = state_for(box_model, model_state(load_checkpoint(path, flag="--frozen_weights"), "--frozen_weights"))
+    checkpoint = load_checkpoint(path, flag="--frozen_weights")
+    state = state_for(box_model, model_state(checkpoint, "--frozen_weights"))
     try:
         box_model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"--frozen_weights {path} does not fit the box model built from these flags (backbone, "
-                         f"hidden_dim, layers, num_queries, query_groups, num_classes ...)"
-                         f"{class_count_hint(state, box_model, num_classes)}: {exc}") from exc
+        differences = [d for d in flag_differences(checkpoint, run_flags) if not d.startswith("--masks ")]
+        raise ValueError(_does_not_fit("--frozen_weights", path, "box model", state, box_model, num_classes,
+                                       differences)) from exc
 
 
 def load_finetune_weights(model: nn.Module, path: str) -> None:
@@ -82,17 +131,19 @@ class ResumePoint:
 
 
 def resume(path: str, model: nn.Module, num_classes: int, optimizer: torch.optim.Optimizer | None = None,
-           lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> ResumePoint | None:
+           lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+           run_flags: dict | None = None) -> ResumePoint | None:
     """Load ``path``'s weights into ``model``; with ``optimizer``, also the optimiser, schedule, epoch counter and this
-    process's RNG states. Returns where training continues, or None for weights only."""
+    process's RNG states. Returns where training continues, or None for weights only. ``run_flags``: this run's
+    model-shaping flags (name -> value); when the weights do not fit, the error names those that differ from the
+    checkpoint's."""
     checkpoint = load_checkpoint(path, flag="--resume")
     state = model_state(checkpoint, "--resume")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        hint = class_count_hint(state, model, num_classes)
-        raise ValueError(f"--resume {path} does not fit the model built from these flags (backbone, hidden_dim, "
-                         f"layers, num_queries, num_classes, --masks ...){hint}: {exc}") from exc
+        raise ValueError(_does_not_fit("--resume", path, "model", state, model, num_classes,
+                                       flag_differences(checkpoint, run_flags))) from exc
     if optimizer is None or not all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
         return None
     try:

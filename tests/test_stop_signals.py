@@ -1,0 +1,101 @@
+"""Issue 14, faults: SIGTERM and SIGINT stop training cleanly, leaving the last complete epoch's checkpoint, no
+temporary file, one line saying where to resume from, and a non-zero exit status."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import run as run_module
+from tests.conftest import TINY_FLAGS
+from tools.data.synthetic import generate
+from util.stop_signals import Stopped, StopSignals
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--lr_backbone", "0", "--batch_size", "2", "--eval_every", "1000"]  # frozen backbone: quick steps
+
+
+@pytest.fixture(scope="module")
+def four_images(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("four"), num_train=4, num_val=2, image_size=64, seed=1)
+
+
+def test_sigterm_stops_main_py_between_steps(four_images, tmp_path):
+    """SIGTERM to the whole process group, as SLURM sends it to a job step: main.py and its DataLoader worker."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "main.py", *TINY_FLAGS, *FAST, "--coco_path", str(four_images), "--epochs", "1000",
+               "--output_dir", str(out), "--num_workers", "1"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not ((out / "log.txt").is_file() and (out / "log.txt").read_text().count("\n") >= 1):
+            assert process.poll() is None and time.time() < deadline, process.communicate()[1][-2000:]
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr
+    assert last.startswith("stopped by SIGTERM ")
+    checkpoint = out / "checkpoint.pth"
+    assert f"resume with --resume {checkpoint} (or --auto_resume)" in last
+    saved = torch.load(checkpoint, weights_only=True)  # intact: loads, and is the epoch the line names
+    assert f"{checkpoint} holds epoch {saved['epoch']}, the last complete one" in last
+    assert not list(out.rglob("*.tmp"))
+    assert "SIGTERM received: stopping after the current step" in stdout
+
+
+def test_sigint_abandons_the_epoch_under_way(four_images, tmp_path, tiny_args, monkeypatch):
+    out = tmp_path / "run"
+    real_train_one_epoch = run_module.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        if args[5] == 1:  # epoch 1: Ctrl-C just before its first step
+            signal.raise_signal(signal.SIGINT)
+        return real_train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "train_one_epoch", interrupted)
+    with pytest.raises(Stopped) as stop:
+        run_module.run(tiny_args(four_images, *FAST, "--epochs", "3", "--output_dir", str(out)))
+    assert stop.value.exit_status == 130
+    message = str(stop.value)
+    assert message.startswith("stopped by SIGINT during epoch 1 (before its iteration 0; the epoch is abandoned)")
+    assert f"{out / 'checkpoint.pth'} holds epoch 0" in message
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 0
+    logged = [int(m) for m in re.findall(r'"epoch": (\d+)', (out / "log.txt").read_text())]
+    assert logged == [0]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_handler_someone_else_installed_is_left_alone():
+    calls = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))  # e.g. submitit's
+    try:
+        with StopSignals() as signals:
+            signal.raise_signal(signal.SIGTERM)
+            assert calls == [signal.SIGTERM] and signals.received is None and not signals.requested()
+            signal.raise_signal(signal.SIGINT)  # Python's default SIGINT handler was replaced: recorded
+            assert signals.requested() and signals.received == signal.SIGINT
+            with pytest.raises(Stopped, match="stopped by SIGINT here"):
+                signals.check("here")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_second_signal_acts_at_once():
+    with StopSignals() as signals:
+        signal.raise_signal(signal.SIGINT)
+        assert signals.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
