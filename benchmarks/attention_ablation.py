@@ -6,16 +6,17 @@ Usage: python -m benchmarks.attention_ablation [--blocks none gc ca ...] [--seed
 
 Writes the table between the ablation markers of benchmarks/RESULTS.md and a plot of AP against GFLOPs and training
 speed to benchmarks/attention_ablation.png, both updated after every block. Each run of the full preset takes about
-9 minutes on 2 CPU cores. Rerunning with the same --out skips the blocks already in its ablation.json that were run
-with the same seeds and schedule, so an interrupted ablation continues, and adding seeds trains only the new ones;
-``--remeasure_cost`` re-times the blocks already trained (speeds are only comparable when taken on an otherwise idle
-machine).
+9 minutes on 2 CPU cores. The results of every seed are kept in benchmarks/attention_ablation.json: rerunning skips
+the seeds already recorded with the same schedule, so an interrupted ablation continues and adding seeds trains only
+the new ones; a seed whose run folder (``OUT/<block>_seed<seed>``) already holds a finished run (e.g. trained by
+``python main.py --config configs/demo_cpu.yaml --backbone_attn BLOCK --seed SEED --print_freq 1000 --output_dir
+OUT/BLOCK_seedSEED`` in parallel jobs) is read back instead of trained. ``--remeasure_cost`` re-times the blocks
+(speeds are only comparable when taken on an otherwise idle machine).
 """
 import argparse
 import json
 import shutil
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -49,28 +50,37 @@ def gflops(args: argparse.Namespace) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def finished_run(run_dir: Path, epochs: int) -> tuple[float, float] | None:
+    """(AP, AP50) of a run folder whose log.txt has all ``epochs`` epochs and a final evaluation, else None."""
+    log = run_dir / "log.txt"
+    if not log.is_file():
+        return None
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    if len(lines) < epochs or "test_coco_eval_bbox" not in lines[-1]:
+        return None
+    return lines[-1]["test_coco_eval_bbox"][0], lines[-1]["test_coco_eval_bbox"][1]
+
+
 def run_block(block: str, seeds: list[int], common: list[str], out: Path, previous: dict | None = None) -> dict:
-    """Train ``block`` once per seed (reusing the seeds of ``previous``, an earlier row with the same schedule)."""
+    """Train ``block`` once per seed (reusing the seeds of ``previous``, an earlier row with the same schedule, and
+    finished run folders)."""
     known = {}
     if previous is not None:
-        known = {s: (a, a50, m) for s, a, a50, m in zip(previous["seeds"], previous["ap"], previous["ap50"],
-                                                        previous["minutes"])}
-    aps, ap50s, minutes = [], [], []
+        known = {s: (a, a50) for s, a, a50 in zip(previous["seeds"], previous["ap"], previous["ap50"])}
+    aps, ap50s = [], []
     for seed in seeds:
-        if seed in known:
-            for values, value in zip((aps, ap50s, minutes), known[seed]):
-                values.append(value)
-            continue
         run_dir = out / f"{block}_seed{seed}"
-        shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted earlier run of this block starts over
         args = preset_args(block, [*common, "--seed", str(seed), "--output_dir", str(run_dir)])
-        start = time.time()
-        stats = run(args)
-        minutes.append((time.time() - start) / 60)
-        aps.append(stats["coco_eval_bbox"][0])
-        ap50s.append(stats["coco_eval_bbox"][1])
+        result = known.get(seed) or finished_run(run_dir, args.epochs)
+        if result is None:
+            shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted earlier run of this block starts over
+            stats = run(args)
+            result = stats["coco_eval_bbox"][0], stats["coco_eval_bbox"][1]
+        aps.append(result[0])
+        ap50s.append(result[1])
     costs = {k: previous[k] for k in COST_KEYS} if previous is not None else cost(block, common)
-    return {"block": block, "seeds": seeds, "ap": aps, "ap50": ap50s, "minutes": minutes, **costs}
+    notes = {k: previous[k] for k in ("note",) if previous is not None and k in previous}
+    return {"block": block, "seeds": seeds, "ap": aps, "ap50": ap50s, **costs, **notes}
 
 
 def cost(block: str, common: list[str]) -> dict:
@@ -93,13 +103,12 @@ def table(rows: list[dict], command: str) -> str:
     lines = [BEGIN, f"Each row: `python -m benchmarks.attention_ablation --blocks BLOCK --seeds SEEDS {command}` on "
              f"{hardware(torch.device('cpu'))}, torch {torch.__version__}; AP and AP50 are mean ± sd over the seeds "
              "listed where several; costs re-measured on an idle machine with `--remeasure_cost`.", "",
-             "| block | seeds | AP | AP50 | params | GFLOPs (128 px) | train img/s | infer img/s | minutes/run |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| block | seeds | AP | AP50 | params | GFLOPs (128 px) | train img/s | infer img/s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         seeds = " ".join(str(seed) for seed in r["seeds"])
         lines.append(f"| {r['block']} | {seeds} | {_mean_sd(r['ap'])} | {_mean_sd(r['ap50'])} | {r['params']:,} | "
-                     f"{r['gflops']:.4f} | {r['train_img_per_s']:.1f} | {r['infer_img_per_s']:.1f} | "
-                     f"{statistics.mean(r['minutes']):.1f} |")
+                     f"{r['gflops']:.4f} | {r['train_img_per_s']:.1f} | {r['infer_img_per_s']:.1f} |")
     return "\n".join(lines + ["", "![AP against cost](attention_ablation.png)", END])
 
 
@@ -154,7 +163,7 @@ def main(argv=None) -> list[dict]:
         if getattr(args, flag) is not None:
             common += [f"--{flag}", str(getattr(args, flag))]
     out = Path(args.out)
-    record = out / "ablation.json"
+    record = HERE / "attention_ablation.json"
     done = {r["block"]: r for r in json.loads(record.read_text())} if record.is_file() else {}
     command = f"--data {args.data} --out {args.out}" + "".join(
         f" --{flag} {getattr(args, flag)}" for flag in ("epochs", "lr_drop") if getattr(args, flag) is not None)
@@ -169,7 +178,6 @@ def main(argv=None) -> list[dict]:
             continue
         same_schedule = previous if previous is not None and previous.get("common") == common else None
         rows.append({**run_block(block, args.seeds, common, out, same_schedule), "common": common})
-        out.mkdir(parents=True, exist_ok=True)
         everything = list({**done, **{r["block"]: r for r in rows}}.values())
         record.write_text(json.dumps(everything, indent=1))
         write_results(everything, command)
