@@ -23,6 +23,7 @@ from models.deformable_detr.deformable_transformer import DeformableTransformerE
 from models.deformable_detr.matcher import HungarianMatcher
 from run import run
 from tools.reference import deformable_detr as reference_values
+from tools.reference.common import unpack
 from tools.reference.deformable_detr import CASES, parse
 from util.checkpoint import load_checkpoint
 from util.config import parse_args_with_config
@@ -58,7 +59,7 @@ def reference() -> dict:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_equals_the_official_model(name, reference):
-    expected = reference_values.unpack(reference[name])
+    expected = unpack(reference[name])
     # the official build for COCO: state-dict names and shapes in order, seeded initialisation, loss weights
     torch.manual_seed(0)
     model, criterion, _ = build_model(parse(reference_values.TINY + CASES[name]))

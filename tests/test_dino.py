@@ -23,6 +23,7 @@ from models.param_groups import build_param_groups
 from run import run
 from tools.data.synthetic import generate
 from tools.reference import dino as reference
+from tools.reference.common import unpack
 from util.box_ops import box_cxcywh_to_xyxy
 from util.checkpoint import load_checkpoint
 from util.nested_tensor import collate_fn
@@ -75,7 +76,7 @@ def test_state_dict_names_and_shapes_are_the_official_ones(scales, golden):
 def test_tiny_models_reproduce_the_official_numbers(name, golden):
     """Initial weights (seed 0), loss weights, eval outputs, losses and detections, training outputs with the
     denoising noise of a fixed seed, training losses and gradient norms: as the official code computed them."""
-    expected = reference.unpack(golden[name])
+    expected = unpack(golden[name])
     torch.manual_seed(0)
     args = reference.parse(reference.case_flags(name))
     model, criterion, postprocessors = build_model(args)

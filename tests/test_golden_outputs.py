@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tools.reference.common import pack, unpack
+
 GOLDEN_FILE = Path(__file__).parent / "golden" / "detr.pt"
 NUM_CLASSES = 6
 
@@ -136,32 +138,8 @@ def run_training(tmp_dir: Path) -> dict[str, torch.Tensor]:
     return result
 
 
-def _packed(values: dict) -> dict:
-    """One flat tensor per dtype plus (name, dtype, shape) entries: a small file (each saved tensor costs about a
-    kilobyte)."""
-    flats: dict[str, list] = {}
-    meta, plain = [], {}
-    for key, value in values.items():
-        if isinstance(value, torch.Tensor):
-            dtype = str(value.dtype).removeprefix("torch.")
-            flats.setdefault(dtype, []).append(value.flatten())
-            meta.append((key, dtype, list(value.shape)))
-        else:
-            plain[key] = value
-    return {"meta": meta, "plain": plain, "flat": {k: torch.cat(v) for k, v in flats.items()}}
-
-
-def _unpacked(packed: dict) -> dict:
-    values, offsets = dict(packed["plain"]), dict.fromkeys(packed["flat"], 0)
-    for key, dtype, shape in packed["meta"]:
-        n = int(torch.tensor(shape).prod())
-        values[key] = packed["flat"][dtype][offsets[dtype]: offsets[dtype] + n].reshape(shape)
-        offsets[dtype] += n
-    return values
-
-
 def _compare(actual: dict, expected: dict) -> None:
-    expected = _unpacked(expected)
+    expected = unpack(expected)
     assert sorted(actual) == sorted(expected), (sorted(set(actual) ^ set(expected)))[:20]
     for key in expected:
         a, e = actual[key], expected[key]
@@ -191,9 +169,9 @@ def _write() -> None:
     import tempfile
 
     torch.set_num_threads(2)
-    values = {name: _packed(run_case(name)) for name in CASES}
+    values = {name: pack(run_case(name)) for name in CASES}
     with tempfile.TemporaryDirectory() as tmp:
-        values["training"] = _packed(run_training(Path(tmp)))
+        values["training"] = pack(run_training(Path(tmp)))
     GOLDEN_FILE.parent.mkdir(exist_ok=True)
     torch.save(values, GOLDEN_FILE)
     print(f"wrote {GOLDEN_FILE} ({GOLDEN_FILE.stat().st_size} bytes)")

@@ -16,9 +16,7 @@ The official code is imported only when the script runs; the tests import this m
 ``fill_weights`` and the (un)packing, never the official code.
 """
 import argparse
-import contextlib
 import math
-import sys
 import types
 import zlib
 from itertools import chain
@@ -26,6 +24,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from tools.reference.common import official_packages, pack, stub_cuda_extension, use_pytorch_sampling
 
 REFERENCE_FILE = Path(__file__).resolve().parents[2] / "tests" / "golden" / "deformable_detr_reference.pt"
 NUM_CLASSES = 12  # with 10 queries: 120 (query, class) pairs, enough for the official top-100 post-processing
@@ -138,62 +138,19 @@ def run_filled(model: nn.Module, criterion: nn.Module, postprocessor: nn.Module)
     return result
 
 
-def pack(values: dict) -> dict:
-    """One flat tensor per dtype plus (name, dtype, shape) entries: a small file."""
-    flats: dict[str, list] = {}
-    meta, plain = [], {}
-    for key, value in values.items():
-        if isinstance(value, torch.Tensor):
-            dtype = str(value.dtype).removeprefix("torch.")
-            flats.setdefault(dtype, []).append(value.flatten())
-            meta.append((key, dtype, list(value.shape)))
-        else:
-            plain[key] = value
-    return {"meta": meta, "plain": plain, "flat": {k: torch.cat(v) for k, v in flats.items()}}
-
-
-def unpack(packed: dict) -> dict:
-    values, offsets = dict(packed["plain"]), dict.fromkeys(packed["flat"], 0)
-    for key, dtype, shape in packed["meta"]:
-        n = math.prod(shape)
-        values[key] = packed["flat"][dtype][offsets[dtype]: offsets[dtype] + n].reshape(shape)
-        offsets[dtype] += n
-    return values
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The official code (run time only)
-
-OFFICIAL_PACKAGES = ("models", "util", "datasets")
-
-
-@contextlib.contextmanager
-def _official_namespace(path: Path):
-    """Import inside: ``models``, ``util`` and ``datasets`` are the official packages (ours are set aside and
-    restored on exit); the official modules stay usable afterwards through the references taken inside."""
-    def take(packages):
-        return {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in packages}
-
-    ours = take(OFFICIAL_PACKAGES)
-    sys.path.insert(0, str(path))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(path))
-        take(OFFICIAL_PACKAGES)
-        sys.modules.update(ours)
-
 
 def import_official(path: Path) -> types.SimpleNamespace:
     """The official modules, with the CUDA sampling replaced by the official pure-PyTorch function and without
     ImageNet weights."""
     import torchvision
 
-    sys.modules.setdefault("MultiScaleDeformableAttention", types.ModuleType("MultiScaleDeformableAttention"))
+    stub_cuda_extension()
     version = torchvision.__version__
     torchvision.__version__ = "1.0"  # util/misc.py parses the version as float(version[:3]), which "0.29" breaks
     try:
-        with _official_namespace(path):
+        with official_packages(path):
             import models.backbone as backbone
             import models.deformable_detr as deformable_detr
             import models.deformable_transformer as deformable_transformer
@@ -202,10 +159,7 @@ def import_official(path: Path) -> types.SimpleNamespace:
     finally:
         torchvision.__version__ = version
 
-    def pytorch_sampling(value, shapes, level_start_index, locations, weights, im2col_step):
-        return ms_deform_attn_func.ms_deform_attn_core_pytorch(value, shapes, locations, weights)
-
-    ms_deform_attn_func.MSDeformAttnFunction.apply = staticmethod(pytorch_sampling)
+    use_pytorch_sampling(ms_deform_attn_func)
     backbone.is_main_process = lambda: False  # no ImageNet weights (the official loads them on the main process)
     return types.SimpleNamespace(backbone=backbone, deformable_detr=deformable_detr,
                                  deformable_transformer=deformable_transformer, matcher=matcher)

@@ -24,15 +24,14 @@ the official ones. The official code is imported only when the script runs; the 
 cases, the inputs, ``perturb`` and the (un)packing, never the official code.
 """
 import argparse
-import contextlib
-import math
-import sys
 import types
 import zlib
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from tools.reference.common import official_packages, pack, stub_cuda_extension, use_pytorch_sampling
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_FILE = ROOT / "tests" / "golden" / "dino_reference.pt"
@@ -220,51 +219,8 @@ def compare(actual: dict, expected: dict, name: str) -> float:
     return worst
 
 
-def pack(values: dict) -> dict:
-    """One flat tensor per dtype plus (name, dtype, shape) entries: a small file."""
-    flats: dict[str, list] = {}
-    meta, plain = [], {}
-    for key, value in values.items():
-        if isinstance(value, torch.Tensor):
-            dtype = str(value.dtype).removeprefix("torch.")
-            flats.setdefault(dtype, []).append(value.flatten())
-            meta.append((key, dtype, list(value.shape)))
-        else:
-            plain[key] = value
-    return {"meta": meta, "plain": plain, "flat": {k: torch.cat(v) for k, v in flats.items()}}
-
-
-def unpack(packed: dict) -> dict:
-    values, offsets = dict(packed["plain"]), dict.fromkeys(packed["flat"], 0)
-    for key, dtype, shape in packed["meta"]:
-        n = math.prod(shape)
-        values[key] = packed["flat"][dtype][offsets[dtype]: offsets[dtype] + n].reshape(shape)
-        offsets[dtype] += n
-    return values
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The official code (run time only)
-
-OFFICIAL_PACKAGES = ("models", "util", "datasets")
-
-
-@contextlib.contextmanager
-def _official_packages(path: Path):
-    """Inside, ``models``, ``util`` and ``datasets`` import from the official clone; ours are set aside and put
-    back on exit (the official modules stay usable through the references taken inside)."""
-    def remove(packages):
-        return {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in packages}
-
-    ours = remove(OFFICIAL_PACKAGES)
-    sys.path.insert(0, str(path))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(path))
-        remove(OFFICIAL_PACKAGES)
-        sys.modules.update(ours)
-
 
 def _cuda_to_cpu() -> None:
     """The official DINO moves its denoising tensors and zero losses with ``.cuda()`` / ``.to('cuda')``: keep them
@@ -283,17 +239,14 @@ def _cuda_to_cpu() -> None:
 def import_official(path: Path) -> types.SimpleNamespace:
     """The official modules, with the CUDA sampling replaced by the official pure-PyTorch function and without
     ImageNet weights."""
-    sys.modules.setdefault("MultiScaleDeformableAttention", types.ModuleType("MultiScaleDeformableAttention"))
-    with _official_packages(path):
+    stub_cuda_extension()
+    with official_packages(path):
         import models.dino.backbone as backbone
         import models.dino.dino as dino
         import models.dino.position_encoding as position_encoding
         from models.dino.ops.functions import ms_deform_attn_func
 
-    def pytorch_sampling(value, shapes, level_start_index, locations, weights, im2col_step):
-        return ms_deform_attn_func.ms_deform_attn_core_pytorch(value, shapes, locations, weights)
-
-    ms_deform_attn_func.MSDeformAttnFunction.apply = staticmethod(pytorch_sampling)
+    use_pytorch_sampling(ms_deform_attn_func)
     backbone.is_main_process = lambda: False  # no ImageNet weights (the official loads them on the main process)
     _cuda_to_cpu()
     return types.SimpleNamespace(backbone=backbone, dino=dino, position_encoding=position_encoding, path=path)
