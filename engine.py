@@ -1,7 +1,6 @@
 """One training epoch, one evaluation pass, and what happens at the end of an epoch (evaluation when due, the saved
 COCOeval state, the log line); ``main.py`` wires them to data, model and optimiser."""
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -13,50 +12,38 @@ import torch
 from torch import nn
 
 from datasets.bad_images import SkippedImages, split_batch
-from evaluation.coco_eval import CocoEvaluator
+from evaluation.coco_eval import CocoEvaluator, results_to_cpu
 from evaluation.panoptic_eval import PanopticEvaluator, format_pq_table
 from util.checkpoint import preserved_rng_state, save_checkpoint
 from util.distributed import broadcast_object, is_main_process, reduce_dict
+from util.loss_log import DeferredLosses, NonFiniteLossError
 from util.metric_logger import MetricLogger, SmoothedValue
 from util.nested_tensor import NestedTensor
+from util.train_step import TrainStep, takes_targets
+
+__all__ = ["NonFiniteLossError", "takes_targets", "train_one_epoch", "evaluate", "Evaluation", "finish_epoch",
+           "summary_line"]
 
 STATS_NAMES = {"bbox": "bbox", "segm": "masks"}  # the official log's keys: coco_eval_bbox, coco_eval_masks
 PROGRESS_METERS = ("lr", "loss", "loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "class_error")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; carries the epoch, iteration and the loss terms."""
-
-    def __init__(self, epoch: int, iteration: int, loss_terms: dict[str, float]):
-        terms = ", ".join(f"{k}={v:.4g}" for k, v in sorted(loss_terms.items()))
-        super().__init__(f"non-finite loss at epoch {epoch}, iteration {iteration}: {terms}")
-        self.epoch, self.iteration, self.loss_terms = epoch, iteration, loss_terms
-
-
-def _weighted_logs(loss_dict: dict, weight_dict: dict) -> tuple[float, dict, dict]:
-    """Reduce losses over processes; return (total weighted loss, weighted terms, unweighted terms)."""
-    reduced = reduce_dict(loss_dict)
-    unscaled = {f"{k}_unscaled": v.item() for k, v in reduced.items()}
-    scaled = {k: v.item() * weight_dict[k] for k, v in reduced.items() if k in weight_dict}
-    return sum(scaled.values()), scaled, unscaled
-
-
-def takes_targets(model: nn.Module) -> bool:
-    """Whether the model's training forward takes the targets too (``model(samples, targets)``: DINO's denoising
-    queries are built from them); looks through DistributedDataParallel."""
-    return getattr(getattr(model, "module", model), "takes_targets", False)
-
-
 def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, max_norm: float = 0, print_freq: int = 10, *,
-                    stop_check: Callable[[str], None] | None = None, skipped: SkippedImages | None = None) -> dict:
+                    stop_check: Callable[[str], None] | None = None, skipped: SkippedImages | None = None,
+                    step: TrainStep | None = None, read_every_step: bool = False, monitor=None) -> dict:
     """Train for one pass over ``data_loader``; returns the epoch averages of every logged value and ``epoch_time``
     (seconds this process spent in the epoch, data loading included).
 
-    Raises NonFiniteLossError (before any parameter update) when the loss is not finite. ``stop_check(where)`` is
+    ``step`` runs each optimisation step (util/train_step.py: AMP, EMA, ...; default: a plain fp32 step with
+    ``max_norm`` clipping). The loss terms are read from the device at progress lines and at the end of the epoch
+    (util/loss_log.py), or every step with ``read_every_step`` (the official loop). Raises NonFiniteLossError when
+    the loss is not finite; that step leaves the parameters untouched. ``stop_check(where)`` is
     called before every step and may raise to abandon the epoch there (``util.stop_signals``). ``skipped`` counts the
     images ``--skip_bad_images`` left out of the batches (``skipped_images`` is then among the returned values); a
-    step whose batch lost every image is skipped.
+    step whose batch lost every image is skipped. ``grad_norm`` (the gradient norm before clipping) is averaged over
+    the steps like the loss terms, read from the device once at the end. ``monitor`` (``--tensorboard``:
+    util/tensorboard_log.py, main process only) gets every step's loss terms, gradient norm and learning rates.
     """
     model.train()
     criterion.train()
@@ -64,7 +51,10 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
     metric_logger.add_meter("class_error", SmoothedValue(window_size=1, fmt="{value:.2f}"))
     header = f"Epoch: [{epoch}]"
-    weight_dict = criterion.weight_dict
+    step = step or TrainStep(model, criterion, optimizer, max_norm)
+    loss_log = DeferredLosses(criterion.weight_dict, epoch, every_step=read_every_step)
+    last = len(data_loader) - 1
+    grad_norms = []
     start = time.perf_counter()
     for it, batch in enumerate(metric_logger.log_every(data_loader, print_freq, header)):
         if stop_check is not None:
@@ -74,24 +64,20 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
             skipped.add(left_out)
             if skipped.lost_batch(samples is None):
                 continue
-        samples = samples.to(device)
-        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        outputs = model(samples, targets) if takes_targets(model) else model(samples)
-        loss_dict = criterion(outputs, targets)
-        losses = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
-        loss_value, scaled, unscaled = _weighted_logs(loss_dict, weight_dict)
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(epoch, it, scaled)
-
-        optimizer.zero_grad()
-        losses.backward()
-        if max_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        optimizer.step()
-
-        metric_logger.update(loss=loss_value, **scaled, **unscaled)
-        metric_logger.update(class_error=unscaled["class_error_unscaled"])
-        metric_logger.update(lr=optimizer.param_groups[0]["lr"])
+        samples = samples.to(device, non_blocking=True)
+        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+        result = step(samples, targets)
+        shown = it % print_freq == 0 or it == last  # log_every prints a progress line after this iteration
+        loss_log.add(it, result.loss_dict, optimizer.param_groups[0]["lr"], metric_logger,
+                     read_now=result.read_now or shown)
+        if result.grad_norm is not None:
+            grad_norms.append(result.grad_norm.detach().reshape(()))
+        if monitor is not None:
+            monitor.training_step(epoch, it, len(data_loader), result.loss_dict, criterion.weight_dict,
+                                  result.grad_norm, optimizer)
+    loss_log.flush(metric_logger)
+    for value in torch.stack(grad_norms).tolist() if grad_norms else []:
+        metric_logger.update(grad_norm=value)
     metric_logger.synchronize_between_processes()
     print("Averaged stats:", metric_logger, flush=True)
     stats = {**{k: meter.global_avg for k, meter in metric_logger.meters.items()},
@@ -115,8 +101,8 @@ def single_images(samples: NestedTensor, targets: list[dict]) -> list[NestedTens
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_loader: Iterable, base_ds,
              device: torch.device, print_freq: int = 10, panoptic_evaluator=None, *, batch_invariant: bool = False,
-             stop_check: Callable[[str], None] | None = None,
-             skipped: SkippedImages | None = None) -> tuple[dict, CocoEvaluator]:
+             stop_check: Callable[[str], None] | None = None, skipped: SkippedImages | None = None,
+             eval_backend: str = "pycocotools") -> tuple[dict, CocoEvaluator]:
     """Loss and COCO evaluation over ``data_loader`` (gathered across processes).
 
     ``postprocessors`` has ``bbox``, and with a mask head ``segm`` (instance masks, evaluated by COCOeval too) and
@@ -130,13 +116,17 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
     ``batch_invariant``: each image goes through the model alone, unpadded, which gives the numbers of batch size 1
     at any batch size (the logged losses are then averages of per-image losses). ``stop_check`` and ``skipped`` as
     for :func:`train_one_epoch` (images left out are not evaluated; ``skipped_images`` is then among the stats).
+    ``eval_backend``: the COCOeval implementation (evaluation/coco_eval.py). Detections come to the host once per
+    batch, the loss terms at progress lines.
     """
     model.eval()
     criterion.eval()
     metric_logger = MetricLogger(delimiter="  ", shown=PROGRESS_METERS)
     metric_logger.add_meter("class_error", SmoothedValue(window_size=1, fmt="{value:.2f}"))
     iou_types = tuple(k for k in ("segm", "bbox") if k in postprocessors)
-    coco_evaluator = CocoEvaluator(base_ds, iou_types)
+    coco_evaluator = CocoEvaluator(base_ds, iou_types, backend=eval_backend)
+    loss_log = DeferredLosses(criterion.weight_dict, epoch=-1, stop_on_non_finite=False)
+    last = len(data_loader) - 1
     for it, batch in enumerate(metric_logger.log_every(data_loader, print_freq, "Test:")):
         if stop_check is not None:
             stop_check(f"during evaluation (before its batch {it})")
@@ -147,8 +137,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
             lost_somewhere = skipped.lost_batch(samples is None)
         if samples is None:
             continue
-        samples = samples.to(device)
-        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        samples = samples.to(device, non_blocking=True)
+        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
         parts = list(zip(single_images(samples, targets), ([t] for t in targets))) if batch_invariant \
             else [(samples, targets)]
         loss_dicts = []
@@ -159,9 +149,9 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
         if not lost_somewhere:  # a step that lost its whole batch on some process takes part in no collective
             loss_dict = loss_dicts[0] if len(loss_dicts) == 1 else \
                 {k: torch.stack([d[k] for d in loss_dicts]).mean() for k in loss_dicts[0]}
-            loss_value, scaled, unscaled = _weighted_logs(loss_dict, criterion.weight_dict)
-            metric_logger.update(loss=loss_value, **scaled, **unscaled)
-            metric_logger.update(class_error=unscaled["class_error_unscaled"])
+            loss_log.add(it, reduce_dict(loss_dict), None, metric_logger,
+                         read_now=it % print_freq == 0 or it == last)
+    loss_log.flush(metric_logger)
     metric_logger.synchronize_between_processes()
     print("Averaged stats:", metric_logger, flush=True)
     coco_evaluator.synchronize_between_processes()
@@ -193,11 +183,11 @@ def _record_predictions(outputs: dict, targets: list[dict], postprocessors: dict
     results = postprocessors["bbox"](outputs, orig_target_sizes)
     if "segm" in postprocessors:
         results = postprocessors["segm"](results, outputs, orig_target_sizes, target_sizes)
-    coco_evaluator.update({t["image_id"].item(): r for t, r in zip(targets, results)})
+    image_ids = torch.stack([t["image_id"].reshape(()) for t in targets]).tolist()
+    coco_evaluator.update(dict(zip(image_ids, results_to_cpu(results))))
     if panoptic_evaluator is not None:
         panoptic = postprocessors["panoptic"](outputs, target_sizes, orig_target_sizes)
-        for target, prediction in zip(targets, panoptic):
-            image_id = target["image_id"].item()
+        for image_id, prediction in zip(image_ids, panoptic):
             prediction.update(image_id=image_id, file_name=f"{image_id:012d}.png")
         panoptic_evaluator.update(panoptic)
 
@@ -213,16 +203,17 @@ class Evaluation:
     def __init__(self, model: nn.Module, criterion: nn.Module, postprocessors: dict, data_loader: Iterable,
                  coco_ground_truth, device: torch.device, print_freq: int, output_dir: Path | None,
                  panoptic_ground_truth: tuple[Path, Path] | None = None, *, batch_invariant: bool = False,
-                 skipped: SkippedImages | None = None):
+                 skipped: SkippedImages | None = None, eval_backend: str = "pycocotools"):
         self.model, self.criterion, self.postprocessors = model, criterion, postprocessors
         self.data_loader, self.coco_ground_truth, self.device = data_loader, coco_ground_truth, device
         self.print_freq, self.output_dir, self.panoptic_ground_truth = print_freq, output_dir, panoptic_ground_truth
-        self.batch_invariant, self.skipped = batch_invariant, skipped
+        self.batch_invariant, self.skipped, self.eval_backend = batch_invariant, skipped, eval_backend
         self.stop_check: Callable[[str], None] | None = None  # set while a training run can be stopped
 
     def __call__(self) -> tuple[dict, CocoEvaluator]:
         """(stats, CocoEvaluator) as :func:`evaluate` returns them."""
-        options = dict(batch_invariant=self.batch_invariant, stop_check=self.stop_check, skipped=self.skipped)
+        options = dict(batch_invariant=self.batch_invariant, stop_check=self.stop_check, skipped=self.skipped,
+                       eval_backend=self.eval_backend)
         if "panoptic" not in self.postprocessors:
             return evaluate(self.model, self.criterion, self.postprocessors, self.data_loader, self.coco_ground_truth,
                             self.device, self.print_freq, **options)
@@ -239,19 +230,24 @@ class Evaluation:
 
 
 def finish_epoch(epoch: int, train_stats: dict, evaluation: Evaluation | None, output_dir: Path | None,
-                 n_parameters: int) -> dict:
+                 n_parameters: int, ema_evaluation: Evaluation | None = None, monitor=None) -> dict:
     """After an epoch's checkpoint: run ``evaluation`` (None when not due), keep its COCOeval state in
     ``eval/latest.pth`` (and ``eval/NNN.pth`` every 50 epochs), append the epoch's line to ``log.txt``.
+    ``ema_evaluation`` (``--ema``) evaluates the moving average too; its numbers are logged as ``test_ema_*``.
 
     Evaluation leaves the RNGs as it found them (its loader and transforms draw from them), so a run resumed from
     this epoch's checkpoint trains exactly as the uninterrupted one. Returns the evaluation's stats or {}.
+    ``monitor`` (``--tensorboard``, main process only) gets the epoch's log line and, after an evaluation, draws
+    validation images with it.
     """
     log_stats = {f"train_{k}": v for k, v in train_stats.items()}
     test_stats = {}
     if evaluation is not None:
         with preserved_rng_state():
             test_stats, coco_evaluator = evaluation()
+            ema_stats = ema_evaluation()[0] if ema_evaluation is not None else {}
         log_stats.update({f"test_{k}": v for k, v in test_stats.items()})
+        log_stats.update({f"test_ema_{k}": v for k, v in ema_stats.items()})
         if output_dir is not None and is_main_process():
             (output_dir / "eval").mkdir(exist_ok=True)
             for name in ["latest.pth"] + ([f"{epoch:03}.pth"] if epoch % 50 == 0 else []):
@@ -260,6 +256,8 @@ def finish_epoch(epoch: int, train_stats: dict, evaluation: Evaluation | None, o
     if output_dir is not None and is_main_process():
         with (output_dir / "log.txt").open("a") as f:
             f.write(json.dumps(log_stats) + "\n")
+    if monitor is not None:
+        monitor.epoch_end(epoch, log_stats, evaluation)
     return test_stats
 
 

@@ -21,21 +21,27 @@ from datasets.bad_images import SkippedImages
 from datasets.loaders import Loaders, build_loaders
 from engine import Evaluation, NonFiniteLossError, finish_epoch, summary_line, train_one_epoch
 from models import architecture, build_model
+from models.attention_weights import set_need_weights
 from util import training_state
+from util.amp import Precision
 from util.checkpoint import remove_stale_temporaries, save_checkpoint
+from util.compile import compile_model
 from util.config import dump_config, is_plain
 from util.distributed import ProcessSetup, broadcast_object, init_distributed, is_main_process, local_rank_and_size
+from util.ema import ModelEMA
 from util.optimizer import build_lr_scheduler, build_optimizer
 from util.provenance import git_sha
 from util.stop_signals import Stopped, StopSignals
+from util.train_step import TrainStep
 from util.user_error import UserError
 
 
 @dataclass
 class Session:
     """Everything one run holds once built: the resolved flags, this process's place, the data and loaders, the
-    model (``model``: wrapped for DDP when distributed; ``model_without_ddp``), criterion, optimiser, schedule and
-    the evaluation."""
+    model (``model``: wrapped for DDP when distributed, and compiled with ``--compile``; ``model_without_ddp``),
+    criterion, optimiser, schedule and the evaluation; ``precision`` (``--amp``), ``ema`` and ``ema_evaluation``
+    (``--ema``: the moving average and its evaluation, else None)."""
 
     args: argparse.Namespace
     process: ProcessSetup
@@ -49,6 +55,10 @@ class Session:
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     evaluation: Evaluation
     n_parameters: int
+    precision: Precision | None = None
+    ema: ModelEMA | None = None
+    ema_evaluation: Evaluation | None = None
+    tensorboard: object | None = None  # util.tensorboard_log.TensorBoardLog while training with --tensorboard
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -76,21 +86,32 @@ def prepare(args: argparse.Namespace) -> Session:
 
     model_without_ddp, criterion, postprocessors = build_model(args, is_thing_map=data.is_thing_map)
     model = model_without_ddp.to(device)
+    precision = Precision(args.amp, device)
+    _choose_speed_paths(model_without_ddp, device, args)
+    ema = ModelEMA(model_without_ddp, args.ema) if args.ema is not None else None
     if process.distributed:
         device_ids = [process.gpu] if process.gpu is not None else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if args.compile:
+        model = compile_model(model, device)
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print("number of params:", n_parameters, flush=True)
     optimizer = build_optimizer(architecture(args.meta_arch).param_groups(model_without_ddp, args), args.lr,
-                                args.weight_decay, args.sgd)
+                                args.weight_decay, args.sgd, "plain" if args.official_paths else "auto")
     lr_scheduler = build_lr_scheduler(optimizer, args.lr_drop, args.lr_drop_epochs)
     loaders = build_loaders(data.train, data.val, args.batch_size, args.num_workers, process.distributed,
                             process.world_size, skip_bad_images=args.skip_bad_images,
-                            node_shards=(process.rank, local_size) if args.cache_mode else None)
+                            node_shards=(process.rank, local_size) if args.cache_mode else None,
+                            pin_memory=device.type == "cuda" and not args.official_paths,
+                            persistent_workers=not args.official_paths,
+                            aspect_ratio_grouping=args.aspect_ratio_grouping)
+    evaluation_options = dict(batch_invariant=args.eval_batch_invariant, eval_backend=args.eval_backend,
+                              skipped=SkippedImages(device) if args.skip_bad_images else None)
     evaluation = Evaluation(model, criterion, postprocessors, loaders.val, data.coco_ground_truth, device,
-                            args.print_freq, output_dir, data.panoptic_ground_truth,
-                            batch_invariant=args.eval_batch_invariant,
-                            skipped=SkippedImages(device) if args.skip_bad_images else None)
+                            args.print_freq, output_dir, data.panoptic_ground_truth, **evaluation_options)
+    ema_evaluation = None if ema is None else Evaluation(
+        ema.module, criterion, postprocessors, loaders.val, data.coco_ground_truth, device, args.print_freq,
+        output_dir / "ema" if output_dir is not None else None, data.panoptic_ground_truth, **evaluation_options)
     if output_dir is not None and is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cli.get_args_parser(), args, output_dir / "config.yaml")
@@ -99,19 +120,37 @@ def prepare(args: argparse.Namespace) -> Session:
                                            _model_flags(args))
     if args.finetune_from:
         training_state.load_finetune_weights(model_without_ddp, args.finetune_from)
+    if ema is not None:  # starting weights loaded above: the average starts from them
+        ema.module.load_state_dict(model_without_ddp.state_dict())
     return Session(args, process, data, loaders, output_dir, model, model_without_ddp, criterion, optimizer,
-                   lr_scheduler, evaluation, n_parameters)
+                   lr_scheduler, evaluation, n_parameters, precision, ema, ema_evaluation)
+
+
+def _choose_speed_paths(model: nn.Module, device: torch.device, args: argparse.Namespace) -> None:
+    """``--channels_last``: the backbone's weights in channels_last memory format, so that its convolutions run
+    channels_last (``auto``: on a GPU with ``--amp``, where tensor-core convolutions want it; not by default in
+    fp32, where its other rounding would move a seeded run away from the official one); ``--official_paths``: every
+    attention layer computes its weights, the backbone stays contiguous."""
+    if args.official_paths:
+        set_need_weights(model, True)
+        return
+    if args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda" and args.amp != "off"):
+        model.backbone.to(memory_format=torch.channels_last)
 
 
 def evaluate_only(s: Session) -> dict:
     """``--eval``: the ``--resume`` model's COCO (and PQ) evaluation; COCOeval's state to ``OUTPUT_DIR/eval.pth``."""
     if s.args.resume:
         training_state.resume(s.args.resume, s.model_without_ddp, s.args.num_classes,
-                              run_flags=_model_flags(s.args))
+                              run_flags=_model_flags(s.args), ema=s.ema)
     test_stats, coco_evaluator = s.evaluation()
     if s.output_dir is not None and is_main_process():
         save_checkpoint(coco_evaluator.coco_eval["bbox"].eval, s.output_dir / "eval.pth")
     _print_summary(test_stats, s.output_dir)
+    if s.ema_evaluation is not None:  # --ema: the moving average's numbers too
+        ema_stats, _ = s.ema_evaluation()
+        test_stats.update({f"ema_{k}": v for k, v in ema_stats.items()})
+        _print_summary(ema_stats, s.output_dir, "EMA weights: ")
     return test_stats
 
 
@@ -122,12 +161,29 @@ def train(s: Session) -> dict:
     checkpoint stays as it is, and :class:`Stopped` says where to resume from."""
     with StopSignals(s.args.device) as signals:
         progress = {"saved_epoch": None}
+        s.tensorboard = _open_tensorboard(s)
         try:
             return _train(s, signals, progress)
         except Stopped as stop:
             raise Stopped(stop.signum, _resume_advice(str(stop), s.output_dir, progress["saved_epoch"])) from None
         finally:
             s.evaluation.stop_check = None
+            if s.tensorboard is not None:
+                s.tensorboard.close()
+
+
+def _open_tensorboard(s: Session):
+    """``--tensorboard``: the main process's log under ``OUTPUT_DIR/tensorboard`` (util/tensorboard_log.py, which
+    imports TensorBoard only then); None otherwise."""
+    if not s.args.tensorboard or s.output_dir is None or not is_main_process():
+        return None
+    try:
+        from util.tensorboard_log import TensorBoardLog
+    except ImportError as exc:
+        raise UserError(f"--tensorboard needs the tensorboard package (pip install -r requirements.txt): "
+                        f"{exc}") from exc
+    names = {int(k): str(c.get("name", k)) for k, c in s.data.coco_ground_truth.cats.items()}
+    return TensorBoardLog(s.output_dir / "tensorboard", names)
 
 
 def _resume_advice(stopped: str, output_dir: Path | None, saved_epoch: int | None) -> str:
@@ -174,12 +230,13 @@ def _train(s: Session, signals: StopSignals, progress: dict) -> dict:
             keep_copy = (epoch + 1) in (args.lr_drop_epochs or ()) or (epoch + 1) % args.lr_drop == 0 \
                 or (epoch + 1) % 100 == 0
             training_state.save_training_state(output_dir, s.model_without_ddp, s.optimizer, s.lr_scheduler, epoch,
-                                               flags, train_stats, keep_copy)
+                                               flags, train_stats, keep_copy, _extra_state(s))
             progress["saved_epoch"] = epoch
         if stop_check is not None:
             stop_check(f"after epoch {epoch} was saved")
-        test_stats = finish_epoch(epoch, train_stats, s.evaluation if _evaluation_due(epoch, args) else None,
-                                  output_dir, s.n_parameters) or test_stats
+        due = _evaluation_due(epoch, args)
+        test_stats = finish_epoch(epoch, train_stats, s.evaluation if due else None, output_dir, s.n_parameters,
+                                  s.ema_evaluation if due else None, monitor=s.tensorboard) or test_stats
     print(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}", flush=True)
     _print_summary(test_stats, output_dir)
     return test_stats
@@ -189,9 +246,12 @@ def _train_epoch(s: Session, epoch: int, stop_check, skipped: SkippedImages | No
     """One epoch of training. A stop signal sent to every process of the run (a process group, a SLURM step) also
     ends the DataLoader workers, which fails the epoch's data loading: that is a stop too."""
     args = s.args
+    step = TrainStep(s.model, s.criterion, s.optimizer, args.clip_max_norm, precision=s.precision, ema=s.ema,
+                     ema_source=s.model_without_ddp, host_check=True if args.official_paths else None)
     try:
         return train_one_epoch(s.model, s.criterion, s.loaders.train, s.optimizer, torch.device(args.device), epoch,
-                               args.clip_max_norm, args.print_freq, stop_check=stop_check, skipped=skipped)
+                               args.clip_max_norm, args.print_freq, stop_check=stop_check, skipped=skipped,
+                               step=step, read_every_step=args.official_paths, monitor=s.tensorboard)
     except RuntimeError as exc:
         if signals.received is None or isinstance(exc, (UserError, NonFiniteLossError)):
             raise
@@ -206,7 +266,8 @@ def _resume_training(s: Session) -> tuple[int, dict]:
     if not s.args.resume:
         return s.args.start_epoch, {}
     point = training_state.resume(s.args.resume, s.model_without_ddp, s.args.num_classes, s.optimizer,
-                                  s.lr_scheduler, run_flags=_model_flags(s.args))
+                                  s.lr_scheduler, run_flags=_model_flags(s.args), ema=s.ema,
+                                  scaler=s.precision.scaler if s.precision is not None else None)
     if point is None:  # a weights-only file (an official checkpoint): train it from --start_epoch
         return s.args.start_epoch, {}
     test_stats = {}
@@ -216,7 +277,7 @@ def _resume_training(s: Session) -> tuple[int, dict]:
         # finish that epoch's evaluation and log line first.
         due = _evaluation_due(point.saved_epoch, s.args)
         test_stats = finish_epoch(point.saved_epoch, point.train_stats, s.evaluation if due else None, s.output_dir,
-                                  s.n_parameters)
+                                  s.n_parameters, s.ema_evaluation if due else None)
     return point.start_epoch, test_stats
 
 
@@ -265,6 +326,14 @@ def _seed(seed: int) -> None:
     random.seed(seed)
 
 
-def _print_summary(stats: dict, output_dir: Path | None) -> None:
+def _extra_state(s: Session) -> dict:
+    """Checkpoint entries beyond the model and optimiser: the EMA (``--ema``) and the fp16 gradient scaler."""
+    extra = s.ema.state() if s.ema is not None else {}
+    if s.precision is not None and s.precision.scaler is not None:
+        extra["scaler"] = s.precision.scaler.state_dict()
+    return extra
+
+
+def _print_summary(stats: dict, output_dir: Path | None, prefix: str = "") -> None:
     if is_main_process() and "coco_eval_bbox" in stats:
-        print(summary_line(stats, output_dir), flush=True)
+        print(prefix + summary_line(stats, output_dir), flush=True)

@@ -18,6 +18,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no_multiscale", dest="multiscale", action="store_false",
                        help="train at --image_size with flips only (no multi-scale resize, no random crop)")
     group.add_argument("--num_workers", default=2, type=int)
+    group.add_argument("--aspect_ratio_grouping", action="store_true",
+                       help="batch training images of the same orientation (wider than tall, or not) together, as "
+                            "detectron2 does: less padding per batch")
     group.add_argument("--cache_mode", action="store_true",
                        help="cache images in memory: each process keeps the encoded bytes of its share of a node's "
                             "images and samples only those (Deformable DETR's flag)")

@@ -6,6 +6,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("evaluation")
     group.add_argument("--eval", action="store_true", help="evaluate --resume's model on the val set, no training")
     group.add_argument("--eval_every", default=1, type=int, help="evaluate every N epochs (and after the last)")
+    group.add_argument("--eval_backend", default="pycocotools", choices=("pycocotools", "faster_coco_eval"),
+                       help="the COCOeval implementation: pycocotools (the official one) or faster-coco-eval (C++, "
+                            "the same 12 numbers)")
     group.add_argument("--eval_batch_invariant", action="store_true",
                        help="evaluate image by image, so that the numbers do not depend on --batch_size (by default "
                             "images are padded to a common size per batch, as the official code does)")

@@ -28,6 +28,27 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        help="initialise from a checkpoint, skipping entries whose shapes differ")
     group.add_argument("--start_epoch", default=0, type=int, metavar="N", help="start epoch")
     group.add_argument("--print_freq", default=10, type=int, help="iterations between progress lines")
+    group.add_argument("--tensorboard", action="store_true",
+                       help="also log losses, learning rates, gradient norm, speed, COCO AP/AR and validation "
+                            "pictures as TensorBoard event files under OUTPUT_DIR/tensorboard")
+    group.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
+                       help="mixed precision: autocast the model's forward (backbone, transformer, heads) to bf16 or "
+                            "fp16; the matcher, losses and box conversions stay fp32; fp16 adds a gradient scaler")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (dynamic shapes); falls back to eager with one message where "
+                            "it cannot compile")
+    group.add_argument("--ema", default=None, type=float, metavar="DECAY",
+                       help="keep an exponential moving average of the weights (decay min(DECAY, (1+n)/(10+n)) at "
+                            "update n), evaluated next to the raw weights and saved as model_ema in the checkpoint")
+    group.add_argument("--channels_last", default="auto", choices=("auto", "on", "off"),
+                       help="backbone convolutions in channels_last memory format (the same math, other rounding): "
+                            "auto = on for a GPU with --amp, off otherwise; on is 1.03-1.08x faster for training "
+                            "on CPU (benchmarks/RESULTS.md)")
+    group.add_argument("--official_paths", action="store_true",
+                       help="the official code's slower paths for the same math (for speed comparisons): for-loop "
+                            "AdamW, attention weights computed and averaged, every loss term read every iteration, "
+                            "contiguous backbone (whatever --channels_last says), no pinned memory or persistent "
+                            "workers")
     group.add_argument("--debug", action="store_true",
                        help="show the traceback of a failure the user can fix (as the environment variable "
                             "DETR_DEBUG=1 does), not only its one-line error")
@@ -37,10 +58,14 @@ def check(args: argparse.Namespace) -> None:
     if args.frozen_weights and args.finetune_from:
         raise ValueError("--frozen_weights and --finetune_from are exclusive: the first sets (and freezes) the box "
                          "model, the second would overwrite it")
+    if args.tensorboard and not args.output_dir:
+        raise ValueError("--tensorboard writes its event files under OUTPUT_DIR/tensorboard: give --output_dir")
     if args.resume and args.finetune_from:
         raise ValueError("--resume and --finetune_from are exclusive: resume continues a run, finetune starts one")
     for flag in ("batch_size", "epochs", "lr_drop", "print_freq"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.ema is not None and not 0.0 < args.ema < 1.0:
+        raise ValueError(f"--ema must be a decay between 0 and 1 (e.g. 0.9998), got {args.ema}")
     if args.lr_drop_epochs and min(args.lr_drop_epochs) < 1:
         raise ValueError(f"--lr_drop_epochs must be epochs of 1 or more, got {args.lr_drop_epochs}")

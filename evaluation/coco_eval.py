@@ -11,6 +11,10 @@ Usage, as in the official DETR's engine::
 
 Unlike the official file, which re-implements pycocotools' per-image evaluation to gather its intermediate arrays,
 this gathers the COCO-format results themselves and runs pycocotools' ``evaluate`` once in ``accumulate``.
+
+``backend="faster_coco_eval"`` (``--eval_backend``) runs the same evaluation in the C++ of the faster-coco-eval
+package instead: the same 12 numbers (tests/test_eval_speed.py), in a fraction of the time on large validation sets
+(benchmarks/coco_eval_speed.py).
 """
 import contextlib
 import copy
@@ -26,6 +30,40 @@ from pycocotools.cocoeval import COCOeval
 from util.distributed import all_gather
 
 SUPPORTED_IOU_TYPES = ("bbox", "segm")
+BACKENDS = ("pycocotools", "faster_coco_eval")
+
+
+def _backend(name: str) -> tuple[type, type]:
+    """(COCO class, COCOeval class) of the evaluation backend ``name``."""
+    if name == "pycocotools":
+        return COCO, COCOeval
+    if name == "faster_coco_eval":
+        try:
+            import faster_coco_eval
+        except ImportError as exc:
+            raise ValueError("--eval_backend faster_coco_eval needs the faster-coco-eval package (pip install "
+                             "faster-coco-eval, pinned in requirements.txt)") from exc
+        return faster_coco_eval.COCO, faster_coco_eval.COCOeval_faster
+    raise ValueError(f"--eval_backend must be one of {BACKENDS}, got {name!r}")
+
+
+def results_to_cpu(results: list[dict], device: torch.device | str = "cpu") -> list[dict]:
+    """A batch's post-processed predictions (per image dicts of tensors) on the CPU (or ``device``), with one
+    transfer per key for the whole batch where the images' tensors have the same shape (each image's otherwise)."""
+    device = torch.device(device)
+    if all(v.device == device for r in results for v in r.values() if torch.is_tensor(v)):
+        return results
+    moved = [dict(r) for r in results]
+    for key, first in results[0].items():
+        values = [r.get(key) for r in results]
+        if torch.is_tensor(first) and all(torch.is_tensor(v) and v.shape == first.shape for v in values):
+            for r, v in zip(moved, torch.stack(values).to(device).unbind(0)):
+                r[key] = v
+        else:
+            for r in moved:
+                if torch.is_tensor(r.get(key)):
+                    r[key] = r[key].to(device)
+    return moved
 
 
 def convert_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
@@ -42,20 +80,28 @@ def _quiet():
 class CocoEvaluator:
     """Collects predictions image by image and evaluates them against ``coco_gt`` for each of ``iou_types``.
 
-    ``coco_eval[iou_type]`` is a pycocotools ``COCOeval``; after ``accumulate`` it holds ``.eval`` and after
-    ``summarize`` ``.stats`` (12 floats, -1 where a number is undefined, e.g. no ground truth of that size).
+    ``coco_eval[iou_type]`` is a pycocotools ``COCOeval`` (with ``backend="faster_coco_eval"``, faster-coco-eval's
+    ``COCOeval_faster``); after ``accumulate`` it holds ``.eval`` and after ``summarize`` ``.stats`` (12 floats, -1
+    where a number is undefined, e.g. no ground truth of that size).
     An image is evaluated once even if several processes (or several ``update`` calls) saw it; the first
     predictions received for it are kept.
     """
 
-    def __init__(self, coco_gt: COCO, iou_types: Iterable[str]):
+    def __init__(self, coco_gt: COCO, iou_types: Iterable[str], backend: str = "pycocotools"):
         iou_types = list(iou_types)
         unknown = [t for t in iou_types if t not in SUPPORTED_IOU_TYPES]
         if unknown:
             raise ValueError(f"unsupported iou types {unknown}; supported: {list(SUPPORTED_IOU_TYPES)}")
-        self.coco_gt = copy.deepcopy(coco_gt)
+        coco_class, eval_class = _backend(backend)
+        self.backend = backend
         self.iou_types = iou_types
-        self.coco_eval = {t: COCOeval(self.coco_gt, iouType=t) for t in iou_types}
+        if backend == "pycocotools":
+            self.coco_gt = copy.deepcopy(coco_gt)
+            self.coco_eval = {t: COCOeval(self.coco_gt, iouType=t) for t in iou_types}
+        else:
+            with _quiet():
+                self.coco_gt = coco_class(copy.deepcopy(coco_gt.dataset))
+            self.coco_eval = {t: eval_class(self.coco_gt, iouType=t, print_function=print) for t in iou_types}
         self.img_ids: list[int] = []
         self._seen: set[int] = set()
         # iou_type -> {image_id: [COCO result dicts]}
@@ -133,7 +179,7 @@ class CocoEvaluator:
             if results:
                 return self.coco_gt.loadRes(results)
             # loadRes cannot take an empty list: build an empty detection set with the ground truth's images.
-            coco_dt = COCO()
+            coco_dt = _backend(self.backend)[0]()
             coco_dt.dataset = {"images": list(self.coco_gt.dataset.get("images", [])),
                                "categories": copy.deepcopy(self.coco_gt.dataset.get("categories", [])),
                                "annotations": []}

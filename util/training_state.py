@@ -14,6 +14,8 @@ from torch import nn
 
 from util.checkpoint import load_checkpoint, load_matching_state_dict, rng_state, save_checkpoint, set_rng_state
 from util.distributed import all_gather, barrier, broadcast_object, get_rank, is_main_process
+from util.ema import ModelEMA
+from util.optimizer import load_optimizer_state
 
 CHECKPOINT_NAME = "checkpoint.pth"
 
@@ -132,11 +134,13 @@ class ResumePoint:
 
 def resume(path: str, model: nn.Module, num_classes: int, optimizer: torch.optim.Optimizer | None = None,
            lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-           run_flags: dict | None = None) -> ResumePoint | None:
+           run_flags: dict | None = None, ema: ModelEMA | None = None,
+           scaler: torch.amp.GradScaler | None = None) -> ResumePoint | None:
     """Load ``path``'s weights into ``model``; with ``optimizer``, also the optimiser, schedule, epoch counter and this
-    process's RNG states. Returns where training continues, or None for weights only. ``run_flags``: this run's
-    model-shaping flags (name -> value); when the weights do not fit, the error names those that differ from the
-    checkpoint's."""
+    process's RNG states; with ``ema`` (``--ema``) and ``scaler`` (``--amp fp16``) their states too (an EMA starts
+    from the loaded weights when the file has none). Returns where training continues, or None for weights only.
+    ``run_flags``: this run's model-shaping flags (name -> value); when the weights do not fit, the error names
+    those that differ from the checkpoint's."""
     checkpoint = load_checkpoint(path, flag="--resume")
     state = model_state(checkpoint, "--resume")
     try:
@@ -144,10 +148,15 @@ def resume(path: str, model: nn.Module, num_classes: int, optimizer: torch.optim
     except RuntimeError as exc:
         raise ValueError(_does_not_fit("--resume", path, "model", state, model, num_classes,
                                        flag_differences(checkpoint, run_flags))) from exc
+    if ema is not None and not ema.load(checkpoint):
+        ema.module.load_state_dict(model.state_dict())
+        print(f"--ema: {path} holds no model_ema; the average starts from its weights", flush=True)
     if optimizer is None or not all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
         return None
+    if scaler is not None and "scaler" in checkpoint:
+        scaler.load_state_dict(checkpoint["scaler"])
     try:
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        load_optimizer_state(optimizer, checkpoint["optimizer"])
     except ValueError as exc:
         raise ValueError(f"--resume {path}: the optimizer state does not fit this run's parameter groups; keep "
                          "--backbone_trainable_layers, --lr_backbone > 0 and --backbone_attn as in the run that wrote "
@@ -180,9 +189,10 @@ def logged_epochs(output_dir: Path) -> set[int]:
 
 def save_training_state(output_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                         lr_scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, flags: dict,
-                        train_stats: dict, keep_copy: bool) -> None:
+                        train_stats: dict, keep_copy: bool, extra: dict | None = None) -> None:
     """``checkpoint.pth`` (atomically) with the model, optimiser, schedule, epoch, ``flags`` (a plain dict), every
-    process's RNG states and the epoch's training stats; with ``keep_copy`` also ``checkpointNNNN.pth``.
+    process's RNG states, the epoch's training stats and the ``extra`` entries (``model_ema`` and ``ema_updates``
+    with ``--ema``, ``scaler`` with ``--amp fp16``); with ``keep_copy`` also ``checkpointNNNN.pth``.
 
     Every process takes part (its RNG states are gathered); only the main process writes.
     """
@@ -191,7 +201,7 @@ def save_training_state(output_dir: Path, model: nn.Module, optimizer: torch.opt
         paths = [output_dir / CHECKPOINT_NAME] + ([output_dir / f"checkpoint{epoch:04}.pth"] if keep_copy else [])
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch, "args": flags,
-                 "rng_state": rng_states, "train_stats": train_stats}
+                 "rng_state": rng_states, "train_stats": train_stats, **(extra or {})}
         for path in paths:
             save_checkpoint(state, path)
     barrier()

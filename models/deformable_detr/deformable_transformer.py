@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.deformable_detr.ms_deform_attn import MSDeformAttn, SpatialShapes, level_sizes
+from models.attention_weights import computes_weights
+from models.deformable_detr.ms_deform_attn import MSDeformAttn, SpatialShapes, level_sizes, sizes_tensor
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -103,8 +104,8 @@ class DeformableTransformer(nn.Module):
             valid_h = torch.sum(~level_mask[:, :, 0, 0], 1)
             valid_w = torch.sum(~level_mask[:, 0, :, 0], 1)
             grid_y, grid_x = torch.meshgrid(
-                torch.linspace(0, height - 1, height, dtype=torch.float32, device=memory.device),
-                torch.linspace(0, width - 1, width, dtype=torch.float32, device=memory.device), indexing="ij")
+                torch.arange(height, dtype=torch.float32, device=memory.device),  # = linspace(0, H - 1, H)
+                torch.arange(width, dtype=torch.float32, device=memory.device), indexing="ij")
             grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)  # [H, W, 2] (x, y)
             valid_size = torch.cat([valid_w.unsqueeze(-1), valid_h.unsqueeze(-1)], 1).view(batch, 1, 1, 2)
             grid = (grid.unsqueeze(0).expand(batch, -1, -1, -1) + 0.5) / valid_size
@@ -151,8 +152,8 @@ class DeformableTransformer(nn.Module):
         src_flatten = torch.cat(src_flatten, 1)
         mask_flatten = torch.cat(mask_flatten, 1)
         lvl_pos_embed_flatten = torch.cat(lvl_pos_embed_flatten, 1)
-        # the sizes travel as Python integers (static in exported graphs); the tensor gives the level starts
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
+        # the sizes travel as Python integers (symbolic in exported graphs); the tensor gives the level starts
+        spatial_shapes = sizes_tensor(shapes, src_flatten.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self.get_valid_ratio(m) for m in masks], 1)  # [B, L, 2]
 
@@ -235,8 +236,8 @@ class DeformableTransformerEncoder(nn.Module):
         points = []
         for level, (height, width) in enumerate(level_sizes(spatial_shapes)):
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device),
-                torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device), indexing="ij")
+                torch.arange(height, dtype=torch.float32, device=device) + 0.5,  # = linspace(0.5, H - 0.5, H)
+                torch.arange(width, dtype=torch.float32, device=device) + 0.5, indexing="ij")
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)
             ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * width)
             points.append(torch.stack((ref_x, ref_y), -1))
@@ -254,7 +255,11 @@ class DeformableTransformerEncoder(nn.Module):
 
 
 class DeformableTransformerDecoderLayer(nn.Module):
-    """Self-attention among queries, deformable cross-attention into the memory, feed-forward; post-norm."""
+    """Self-attention among queries, deformable cross-attention into the memory, feed-forward; post-norm.
+
+    The self-attention runs through ``scaled_dot_product_attention`` where its weights are not needed
+    (models/attention_weights.py); ``need_weights`` True always computes them, as the official code does.
+    """
 
     def __init__(self, d_model: int = 256, d_ffn: int = 1024, dropout: float = 0.1, activation: str = "relu",
                  n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
@@ -271,6 +276,7 @@ class DeformableTransformerDecoderLayer(nn.Module):
         self.linear2 = nn.Linear(d_ffn, d_model)
         self.dropout4 = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(d_model)
+        self.need_weights = False
 
     @staticmethod
     def with_pos_embed(tensor: Tensor, pos: Tensor | None) -> Tensor:
@@ -285,7 +291,9 @@ class DeformableTransformerDecoderLayer(nn.Module):
                 src_padding_mask: Tensor | None = None) -> Tensor:
         """tgt, query_pos: ``[B, Q, C]``; reference_points: ``[B, Q, L, 2 or 4]``; src: ``[B, S, C]``."""
         q = k = self.with_pos_embed(tgt, query_pos)
-        tgt2 = self.self_attn(q.transpose(0, 1), k.transpose(0, 1), tgt.transpose(0, 1))[0].transpose(0, 1)
+        need_weights = computes_weights(self.need_weights, self.training, tgt.device)
+        tgt2 = self.self_attn(q.transpose(0, 1), k.transpose(0, 1), tgt.transpose(0, 1),
+                              need_weights=need_weights)[0].transpose(0, 1)
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         tgt2 = self.cross_attn(self.with_pos_embed(tgt, query_pos), reference_points, src, src_spatial_shapes,
                                level_start_index, src_padding_mask)

@@ -31,6 +31,15 @@ def level_sizes(spatial_shapes: SpatialShapes) -> list[tuple[int, int]]:
     return [(h, w) for h, w in spatial_shapes]
 
 
+def sizes_tensor(sizes: list[tuple[int, int]], device: torch.device) -> Tensor:
+    """``[L, 2]`` int64 tensor of (H_l, W_l) pairs, built value by value: sizes that are symbolic in ``torch.export``
+    (dynamic image height and width) stay symbolic, where ``torch.as_tensor`` of the list would fix them to the
+    example input's values."""
+    return torch.stack([torch.stack([torch.full((), height, dtype=torch.int64, device=device),
+                                     torch.full((), width, dtype=torch.int64, device=device)])
+                        for height, width in sizes])
+
+
 def ms_deform_attn_core(value: Tensor, spatial_shapes: SpatialShapes, level_start_index: Tensor,
                         sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
     """Weighted sum of bilinear samples of every level.
@@ -123,7 +132,7 @@ class MSDeformAttn(nn.Module):
             if sum(h * w for h, w in input_spatial_shapes) != num_values:
                 raise ValueError(f"MSDeformAttn: input_spatial_shapes {input_spatial_shapes} do not add up to the "
                                  f"{num_values} flattened values")
-            shapes = torch.tensor(input_spatial_shapes, dtype=torch.int64, device=query.device)
+            shapes = sizes_tensor(input_spatial_shapes, query.device)
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)

@@ -3,6 +3,11 @@
 Differences from ``torch.nn.Transformer``: positional encodings are added to queries and keys at every
 attention layer, the decoder has no causal mask and returns every layer's normalised output.
 Sequences are sequence-first: ``[L, B, C]``.
+
+Attention runs through ``scaled_dot_product_attention`` where the weights are not needed (models/attention_weights.py
+says where): the same attention as the official code up to floating-point rounding. A layer whose ``need_weights``
+is True (``need_attention_weights=True``, or set on one layer by a tool that reads the maps through a forward hook,
+as tools/analysis/visualize_attention.py does) computes and returns them as the official code does.
 """
 import copy
 
@@ -10,16 +15,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.attention_weights import computes_weights
+
 
 class Transformer(nn.Module):
     def __init__(self, d_model: int = 512, nhead: int = 8, num_encoder_layers: int = 6,
                  num_decoder_layers: int = 6, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 activation: str = "relu", normalize_before: bool = False, return_intermediate_dec: bool = False):
+                 activation: str = "relu", normalize_before: bool = False, return_intermediate_dec: bool = False,
+                 need_attention_weights: bool = False):
+        """``need_attention_weights``: every attention layer computes its head-averaged weights, as the official
+        code does (slower, the same outputs up to rounding; see the module docstring)."""
         super().__init__()
-        encoder_layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation, normalize_before)
+        encoder_layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation, normalize_before,
+                                                need_attention_weights)
         encoder_norm = nn.LayerNorm(d_model) if normalize_before else None
         self.encoder = TransformerEncoder(encoder_layer, num_encoder_layers, encoder_norm)
-        decoder_layer = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, activation, normalize_before)
+        decoder_layer = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, activation, normalize_before,
+                                                need_attention_weights)
         self.decoder = TransformerDecoder(decoder_layer, num_decoder_layers, nn.LayerNorm(d_model),
                                           return_intermediate=return_intermediate_dec)
         self.d_model = d_model
@@ -103,11 +115,13 @@ def _with_pos(tensor: Tensor, pos: Tensor | None) -> Tensor:
 
 
 class TransformerEncoderLayer(nn.Module):
-    """Self-attention + feed-forward; post-norm by default, pre-norm with ``normalize_before``."""
+    """Self-attention + feed-forward; post-norm by default, pre-norm with ``normalize_before``. ``need_weights``:
+    the attention also computes its weights (see the module docstring)."""
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 activation: str = "relu", normalize_before: bool = False):
+                 activation: str = "relu", normalize_before: bool = False, need_weights: bool = False):
         super().__init__()
+        self.need_weights = need_weights
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
@@ -124,24 +138,29 @@ class TransformerEncoderLayer(nn.Module):
 
     def forward(self, src: Tensor, src_mask: Tensor | None = None, src_key_padding_mask: Tensor | None = None,
                 pos: Tensor | None = None) -> Tensor:
+        need_weights = computes_weights(self.need_weights, self.training, src.device)
         if self.normalize_before:
             src2 = self.norm1(src)
             q = k = _with_pos(src2, pos)
-            src2 = self.self_attn(q, k, value=src2, attn_mask=src_mask, key_padding_mask=src_key_padding_mask)[0]
+            src2 = self.self_attn(q, k, value=src2, attn_mask=src_mask, key_padding_mask=src_key_padding_mask,
+                                  need_weights=need_weights)[0]
             src = src + self.dropout1(src2)
             return src + self.dropout2(self._feed_forward(self.norm2(src)))
         q = k = _with_pos(src, pos)
-        src2 = self.self_attn(q, k, value=src, attn_mask=src_mask, key_padding_mask=src_key_padding_mask)[0]
+        src2 = self.self_attn(q, k, value=src, attn_mask=src_mask, key_padding_mask=src_key_padding_mask,
+                              need_weights=need_weights)[0]
         src = self.norm1(src + self.dropout1(src2))
         return self.norm2(src + self.dropout2(self._feed_forward(src)))
 
 
 class TransformerDecoderLayer(nn.Module):
-    """Self-attention over queries, cross-attention to the encoder memory, feed-forward."""
+    """Self-attention over queries, cross-attention to the encoder memory, feed-forward. ``need_weights``: both
+    attentions also compute their weights (a forward hook on ``multihead_attn`` then sees them as its output[1])."""
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 activation: str = "relu", normalize_before: bool = False):
+                 activation: str = "relu", normalize_before: bool = False, need_weights: bool = False):
         super().__init__()
+        self.need_weights = need_weights
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
@@ -163,21 +182,25 @@ class TransformerDecoderLayer(nn.Module):
                 memory_mask: Tensor | None = None, tgt_key_padding_mask: Tensor | None = None,
                 memory_key_padding_mask: Tensor | None = None, pos: Tensor | None = None,
                 query_pos: Tensor | None = None) -> Tensor:
+        need_weights = computes_weights(self.need_weights, self.training, tgt.device)
         if self.normalize_before:
             tgt2 = self.norm1(tgt)
             q = k = _with_pos(tgt2, query_pos)
-            tgt2 = self.self_attn(q, k, value=tgt2, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask)[0]
+            tgt2 = self.self_attn(q, k, value=tgt2, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask,
+                                  need_weights=need_weights)[0]
             tgt = tgt + self.dropout1(tgt2)
             tgt2 = self.multihead_attn(query=_with_pos(self.norm2(tgt), query_pos), key=_with_pos(memory, pos),
                                        value=memory, attn_mask=memory_mask,
-                                       key_padding_mask=memory_key_padding_mask)[0]
+                                       key_padding_mask=memory_key_padding_mask, need_weights=need_weights)[0]
             tgt = tgt + self.dropout2(tgt2)
             return tgt + self.dropout3(self._feed_forward(self.norm3(tgt)))
         q = k = _with_pos(tgt, query_pos)
-        tgt2 = self.self_attn(q, k, value=tgt, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask)[0]
+        tgt2 = self.self_attn(q, k, value=tgt, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask,
+                              need_weights=need_weights)[0]
         tgt = self.norm1(tgt + self.dropout1(tgt2))
         tgt2 = self.multihead_attn(query=_with_pos(tgt, query_pos), key=_with_pos(memory, pos), value=memory,
-                                   attn_mask=memory_mask, key_padding_mask=memory_key_padding_mask)[0]
+                                   attn_mask=memory_mask, key_padding_mask=memory_key_padding_mask,
+                                   need_weights=need_weights)[0]
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         return self.norm3(tgt + self.dropout3(self._feed_forward(tgt)))
 

@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from models.attention_weights import computes_weights
 from models.deformable_detr.ms_deform_attn import MSDeformAttn
 from models.dino.activation import activation_fn
 from models.dino.anchors import anchor_sine_embedding, inverse_sigmoid
@@ -50,16 +51,20 @@ class DecoderLayer(nn.Module):
         if sa_type == "ca_content":
             self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.label_embedding: nn.Embedding | None = None  # "ca_label": the model's class embeddings
+        # True: the self-attention always computes its head-averaged weights, as the official code; else only where
+        # models/attention_weights.py says (elsewhere it runs through scaled_dot_product_attention)
+        self.need_weights = False
 
     def forward_sa(self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, memory: Tensor,
                    memory_padding_mask: Tensor, level_start_index: Tensor, spatial_shapes: Tensor,
                    self_attn_mask: Tensor | None) -> Tensor:
+        need_weights = computes_weights(self.need_weights, self.training, tgt.device)
         if self.sa_type == "sa":
             q = k = tgt + query_pos
-            tgt2 = self.self_attn(q, k, tgt, attn_mask=self_attn_mask)[0]
+            tgt2 = self.self_attn(q, k, tgt, attn_mask=self_attn_mask, need_weights=need_weights)[0]
         elif self.sa_type == "ca_label":
             k = v = self.label_embedding.weight[:, None, :].repeat(1, tgt.shape[1], 1)
-            tgt2 = self.self_attn(tgt, k, v, attn_mask=self_attn_mask)[0]
+            tgt2 = self.self_attn(tgt, k, v, attn_mask=self_attn_mask, need_weights=need_weights)[0]
         else:
             tgt2 = self.self_attn((tgt + query_pos).transpose(0, 1), reference_points.transpose(0, 1).contiguous(),
                                   memory.transpose(0, 1), spatial_shapes, level_start_index,

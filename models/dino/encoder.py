@@ -4,7 +4,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from models.deformable_detr.ms_deform_attn import MSDeformAttn
+from models.deformable_detr.ms_deform_attn import MSDeformAttn, SpatialShapes, level_sizes
 from models.dino.activation import activation_fn
 
 
@@ -35,15 +35,15 @@ class EncoderLayer(nn.Module):
         return self.norm2(src + self.dropout3(src2))
 
 
-def encoder_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor) -> Tensor:
+def encoder_reference_points(spatial_shapes: SpatialShapes, valid_ratios: Tensor) -> Tensor:
     """Every token's cell centre, normalised by the image (unpadded) part of its level and rescaled to each level:
     ``[B, S, L, 2]`` (x, y) in the padded frame of each level, for spatial_shapes ``[L, 2]`` and valid_ratios
     ``[B, L, 2]``."""
     points = []
-    for lvl, (height, width) in enumerate(spatial_shapes.tolist()):
-        ref_y, ref_x = torch.meshgrid(
-            torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=valid_ratios.device),
-            torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=valid_ratios.device),
+    for lvl, (height, width) in enumerate(level_sizes(spatial_shapes)):
+        ref_y, ref_x = torch.meshgrid(  # arange(H) + 0.5 = linspace(0.5, H - 0.5, H), exactly
+            torch.arange(height, dtype=torch.float32, device=valid_ratios.device) + 0.5,
+            torch.arange(width, dtype=torch.float32, device=valid_ratios.device) + 0.5,
             indexing="ij")
         ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * height)
         ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * width)
@@ -59,7 +59,7 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.norm = norm
 
-    def forward(self, src: Tensor, pos: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+    def forward(self, src: Tensor, pos: Tensor, spatial_shapes: SpatialShapes, level_start_index: Tensor,
                 valid_ratios: Tensor, padding_mask: Tensor) -> Tensor:
         """src, pos: ``[B, S, D]`` (pos includes the level embedding); padding_mask ``[B, S]``. Returns the memory
         ``[B, S, D]``."""

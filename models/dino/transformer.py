@@ -6,7 +6,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from models.deformable_detr.ms_deform_attn import MSDeformAttn
+from models.deformable_detr.ms_deform_attn import MSDeformAttn, sizes_tensor
 from models.dino.anchors import encoder_proposals, inverse_sigmoid, valid_ratios
 from models.dino.decoder import MODULES, Decoder, DecoderLayer
 from models.dino.encoder import Encoder, EncoderLayer
@@ -123,17 +123,19 @@ class DeformableTransformer(nn.Module):
         src_flatten = torch.cat(src_flatten, 1)
         mask_flatten = torch.cat(mask_flatten, 1)
         lvl_pos_embed_flatten = torch.cat(lvl_pos_embed_flatten, 1)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
+        # the sizes travel down as Python integers (no device-to-host read per attention layer on a GPU; symbolic
+        # in exported graphs); the tensor gives the level starts
+        spatial_shapes = sizes_tensor(shapes, src_flatten.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         ratios = torch.stack([valid_ratios(m) for m in masks], 1)
 
-        memory = self.encoder(src_flatten, lvl_pos_embed_flatten, spatial_shapes, level_start_index, ratios,
+        memory = self.encoder(src_flatten, lvl_pos_embed_flatten, shapes, level_start_index, ratios,
                               mask_flatten)
 
         hs_enc = ref_enc = None
         if self.two_stage_type == "standard":
             learned_wh = self.two_stage_wh_embedding.weight[0] if self.two_stage_wh_embedding is not None else None
-            output_memory, output_proposals = encoder_proposals(memory, mask_flatten, spatial_shapes, learned_wh)
+            output_memory, output_proposals = encoder_proposals(memory, mask_flatten, shapes, learned_wh)
             output_memory = self.enc_output_norm(self.enc_output(output_memory))
             enc_class = self.enc_out_class_embed(output_memory)
             enc_coord_unsig = self.enc_out_bbox_embed(output_memory) + output_proposals
@@ -157,5 +159,5 @@ class DeformableTransformer(nn.Module):
             content = torch.cat([dn_content, content], dim=1)
 
         hs, references = self.decoder(content.transpose(0, 1), memory.transpose(0, 1), mask_flatten,
-                                      anchors.transpose(0, 1), level_start_index, spatial_shapes, ratios, attn_mask)
+                                      anchors.transpose(0, 1), level_start_index, shapes, ratios, attn_mask)
         return TransformerOutput(hs, references, hs_enc, ref_enc, init_box_proposal)

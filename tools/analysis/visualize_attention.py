@@ -62,8 +62,11 @@ def collect(model: torch.nn.Module, image: torch.Tensor, pixel: tuple[float, flo
             handles.append(block.register_forward_pre_hook(
                 lambda module, args, kwargs, place=place: captured["block_inputs"].__setitem__(place, (args, kwargs)),
                 with_kwargs=True))
-    layer = model.transformer.decoder.layers[-1].multihead_attn
-    handles.append(layer.register_forward_hook(lambda m, i, o: captured.__setitem__("cross", o[1])))
+    last_decoder_layer = model.transformer.decoder.layers[-1]
+    computed_weights = last_decoder_layer.need_weights
+    last_decoder_layer.need_weights = True  # its cross-attention returns the head-averaged maps (output[1])
+    handles.append(last_decoder_layer.multihead_attn.register_forward_hook(
+        lambda m, i, o: captured.__setitem__("cross", o[1])))
     handles.append(model.backbone.register_forward_hook(
         lambda m, i, o: captured.__setitem__("feature_size", o[0][-1].tensors.shape[-2:])))
     try:
@@ -77,6 +80,7 @@ def collect(model: torch.nn.Module, image: torch.Tensor, pixel: tuple[float, flo
                 block_maps = attn.blocks[place].attention_maps(x, mask, query, **kwargs)
                 maps[place] = {k: v[0] for k, v in block_maps.items()}
     finally:
+        last_decoder_layer.need_weights = computed_weights
         for h in handles:
             h.remove()
     h, w = captured["feature_size"]

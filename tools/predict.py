@@ -1,0 +1,273 @@
+"""A trained model's predictions on images: one picture per image and one COCO-format results file.
+
+    python -m tools.predict --resume outputs/run/checkpoint.pth --input photos/ more/*.jpg --output_dir outputs/pred \\
+        [--threshold 0.5] [--batch_size 4] [--device cpu] [--coco_path DIR] [--config FILE | model flags]
+
+``--resume``: a checkpoint of this code base (its stored flags build the model: no other flag is needed), an official
+checkpoint file or https URL (give its preset, e.g. ``--config configs/detr_r50.yaml``), or a hub entry name of
+hubconf.py (``detr_resnet50``, ``detr_resnet101_panoptic`` ...: the official weights are downloaded). ``--input``:
+image files, folders (their images) and glob patterns (quote them). Each image is read upright (EXIF orientation),
+as RGB (greyscale, palette, RGBA and 16-bit images converted), resized for the model as the validation transform
+does (``--image_size``), and drawn at its own size.
+
+Writes to ``--output_dir``:
+- ``<image name>.png``: the image with every prediction of score >= ``--threshold`` (box, category name, score; a
+  mask model's masks; a panoptic model's segments in colour);
+- ``predictions.json``: those predictions as a COCO results list ``{"file_name", "image_id", "category_id", "bbox":
+  [x, y, w, h] (pixels), "score"}`` (with ``"segmentation"`` (RLE) for mask models), loadable with pycocotools'
+  ``COCO.loadRes``. ``image_id`` is the image's id in the ``--coco_path`` annotation files when they list its file
+  name, else a running number (from the largest listed id + 1).
+
+Category names come from the annotation files under ``--coco_path`` (given, or stored in the checkpoint), else COCO's
+for models with COCO's class count. Consecutive images of the same size after resizing share a batch (padding would
+change the predictions); an image that cannot be read is skipped with a warning.
+"""
+import argparse
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+import cli
+from datasets.coco import make_coco_transforms
+from datasets.image_file import BadImageError
+from tools.command_line import run_tool
+from tools.image_inputs import expand_inputs, read_input_image
+from tools.model_loading import LoadedModel, load_model, parse_with_checkpoint_flags
+from util.drawing import blend_masks, colour, draw_boxes
+from util.nested_tensor import nested_tensor_from_tensor_list
+from util.panoptic_png import rgb2id
+from util.user_error import UserError
+
+RESULTS_NAME = "predictions.json"
+PROGRESS_INTERVAL_S = 2.0
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("DETR family predictions on images", parents=[cli.get_args_parser()])
+    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                        help="image files, folders of images, glob patterns")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="score a prediction needs to be drawn and written (0: all of them)")
+    parser.set_defaults(batch_size=4)
+    return parser
+
+
+@dataclass
+class Item:
+    """One input: its file, the upright RGB image and the model's input tensor ``[3, h, w]``."""
+
+    path: Path
+    image: Image.Image
+    tensor: torch.Tensor
+
+
+@dataclass
+class Prediction:
+    """An image's predictions of score >= the threshold: ``scores`` ``[n]``, ``labels`` ``[n]`` (category ids),
+    ``boxes`` ``[n, 4]`` (xyxy pixels of the image), a mask model's boolean ``masks`` ``[H, W]`` (one each), and a
+    panoptic model's segment ids ``[H, W]`` with their segments' info."""
+
+    scores: torch.Tensor
+    labels: torch.Tensor
+    boxes: torch.Tensor
+    masks: list[np.ndarray] | None = None
+    segment_ids: np.ndarray | None = None
+    segments: list[dict] | None = None
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the command line ``argv``; returns the path of ``predictions.json``."""
+    parser = get_parser()
+    given = parser.parse_args(argv)  # before the checkpoint's flags: was --coco_path given?
+    args, checkpoint = parse_with_checkpoint_flags(parser, argv)
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if not args.output_dir:
+        raise ValueError("--output_dir is required: the folder for the pictures and predictions.json")
+    paths = expand_inputs(args.input)
+    loaded = load_model(args, checkpoint)
+    print(f"model: {loaded.args.meta_arch} from {loaded.source}; category names: {loaded.names_source}", flush=True)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    image_ids = ImageIds(given.coco_path)
+    names = OutputNames(paths, output_dir)
+    results, skipped = [], 0
+    progress = Progress(len(paths))
+    for batch, batch_skipped in batches(paths, loaded.args.image_size, args.batch_size):
+        skipped += batch_skipped
+        for item, prediction in zip(batch, predict(loaded, batch, args.threshold)):
+            picture(item.image, prediction, loaded.category_names).save(output_dir / names.of(item.path))
+            results += coco_results(item.path, image_ids.of(item.path), prediction)
+        progress.update(len(batch) + batch_skipped)
+    results_path = output_dir / RESULTS_NAME
+    results_path.write_text(json.dumps(results))
+    done = len(paths) - skipped
+    print(f"wrote {done} pictures and {results_path} ({len(results)} predictions with score >= {args.threshold})"
+          + (f"; skipped {skipped} unreadable images" if skipped else ""), flush=True)
+    return results_path
+
+
+def batches(paths: list[Path], image_size: int, batch_size: int):
+    """Yield (items, images skipped before them): consecutive readable images whose model inputs have the same
+    size, at most ``batch_size`` together."""
+    transform = make_coco_transforms("val", image_size)
+    batch, skipped = [], 0
+    for path in paths:
+        try:
+            image = read_input_image(path)
+        except BadImageError as exc:
+            print(f"warning: skipped {exc}", flush=True)
+            skipped += 1
+            continue
+        tensor, _ = transform(image, None)
+        if batch and (len(batch) == batch_size or batch[0].tensor.shape != tensor.shape):
+            yield batch, skipped
+            batch, skipped = [], 0
+        batch.append(Item(path, image, tensor))
+    if batch or skipped:
+        yield batch, skipped
+
+
+@torch.inference_mode()
+def predict(loaded: LoadedModel, batch: list[Item], threshold: float) -> list[Prediction]:
+    """The model's predictions of score >= ``threshold`` on a batch of same-sized inputs, at each image's size."""
+    if not batch:
+        return []
+    device = torch.device(loaded.args.device)
+    samples = nested_tensor_from_tensor_list([item.tensor for item in batch]).to(device)
+    outputs = loaded.model(samples)
+    image_sizes = torch.tensor([[item.image.height, item.image.width] for item in batch], device=device)
+    results = loaded.postprocessors["bbox"](outputs, image_sizes)
+    predictions = []
+    for i, result in enumerate(results):
+        keep = (result["scores"] >= threshold).nonzero().flatten()
+        prediction = Prediction(result["scores"][keep].cpu(), result["labels"][keep].cpu(),
+                                result["boxes"][keep].cpu())
+        if "pred_masks" in outputs and "panoptic" not in loaded.postprocessors:  # DETR's queries keep their order
+            prediction.masks = _instance_masks(outputs["pred_masks"][i, keep], tuple(samples.tensors.shape[-2:]),
+                                               tuple(image_sizes[i].tolist()))
+        predictions.append(prediction)
+    if "panoptic" in loaded.postprocessors:
+        input_size = list(batch[0].tensor.shape[-2:])
+        panoptic = loaded.postprocessors["panoptic"](outputs, [input_size] * len(batch), image_sizes.tolist())
+        for prediction, segmentation in zip(predictions, panoptic):
+            with Image.open(io.BytesIO(segmentation["png_string"])) as png:
+                prediction.segment_ids = rgb2id(np.asarray(png.convert("RGB")))
+            prediction.segments = segmentation["segments_info"]
+    return predictions
+
+
+def _instance_masks(mask_logits: torch.Tensor, input_size: tuple[int, int], image_size: tuple[int, int]
+                    ) -> list[np.ndarray]:
+    """Mask logits ``[n, h', w']`` of an unpadded input of ``input_size`` (h, w) -> boolean masks at the image's
+    size (H, W): upsampled to the input size, thresholded at probability 0.5, resized by nearest neighbour, as
+    PostProcessSegm does."""
+    if len(mask_logits) == 0:
+        return []
+    binary = F.interpolate(mask_logits[None].float(), size=input_size, mode="bilinear", align_corners=False)[0]
+    binary = (binary.sigmoid() > 0.5).to(torch.uint8).cpu()
+    return [F.interpolate(m[None, None], size=image_size, mode="nearest")[0, 0].numpy().astype(bool) for m in binary]
+
+
+def picture(image: Image.Image, prediction: Prediction, names: dict[int, str]) -> Image.Image:
+    """``image`` with the prediction drawn: panoptic segments or instance masks in colour, then boxes with
+    'name score' captions."""
+    labels = prediction.labels.tolist()
+    if prediction.segment_ids is not None:
+        segments = prediction.segments
+        image = blend_masks(image, [prediction.segment_ids == s["id"] for s in segments],
+                            [colour(s["category_id"]) for s in segments])
+    elif prediction.masks:
+        image = blend_masks(image, prediction.masks, [colour(label) for label in labels])
+    captions = [f"{names.get(label, label)} {score:.2f}" for label, score in zip(labels, prediction.scores.tolist())]
+    return draw_boxes(image, prediction.boxes.tolist(), captions, [colour(label) for label in labels])
+
+
+def coco_results(path: Path, image_id: int, prediction: Prediction) -> list[dict]:
+    """The prediction as COCO results entries (boxes as x, y, width, height; masks as compressed RLE)."""
+    entries = []
+    for k, (box, label, score) in enumerate(zip(prediction.boxes.tolist(), prediction.labels.tolist(),
+                                                prediction.scores.tolist())):
+        x0, y0, x1, y1 = box
+        entry = {"file_name": str(path), "image_id": image_id, "category_id": int(label),
+                 "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)], "score": round(score, 5)}
+        if prediction.masks:
+            rle = coco_mask.encode(np.asfortranarray(prediction.masks[k].astype(np.uint8)))
+            entry["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+        entries.append(entry)
+    return entries
+
+
+class ImageIds:
+    """An input's image id: the one the ``--coco_path`` annotation files give its file name, else a running number
+    from the largest listed id + 1 (from 1 without annotation files)."""
+
+    def __init__(self, coco_path: str | None):
+        self.by_name: dict[str, int] = {}
+        if coco_path:
+            from datasets.category_names import INSTANCE_FILES
+
+            files = [Path(coco_path) / "annotations" / name for name in INSTANCE_FILES]
+            if not any(f.is_file() for f in files):
+                raise UserError(f"--coco_path {coco_path}: no annotations/instances_{{val,train}}2017.json there")
+            for path in reversed([f for f in files if f.is_file()]):
+                with open(path) as f:
+                    self.by_name.update({Path(i["file_name"]).name: int(i["id"])
+                                         for i in json.load(f).get("images", [])})
+        self.next_id = max(self.by_name.values(), default=0) + 1
+
+    def of(self, path: Path) -> int:
+        if path.name in self.by_name:
+            return self.by_name[path.name]
+        self.next_id += 1
+        return self.next_id - 1
+
+
+class OutputNames:
+    """``<stem>.png`` for each input, made unique (``<stem>_2.png`` ...) when stems repeat or the name is an input's
+    own file (``--output_dir`` the input folder)."""
+
+    def __init__(self, paths: list[Path], output_dir: Path):
+        self.names: dict[Path, str] = {}
+        inputs = {path.resolve() for path in paths}
+        used: set[str] = set()
+        for path in paths:
+            name, n = f"{path.stem}.png", 1
+            while name in used or (output_dir / name).resolve() in inputs:
+                n += 1
+                name = f"{path.stem}_{n}.png"
+            used.add(name)
+            self.names[path] = name
+
+    def of(self, path: Path) -> str:
+        return self.names[path]
+
+
+class Progress:
+    """A progress line every few seconds: images done, rate and time left."""
+
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+        self.start = self.last = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_INTERVAL_S and self.done < self.total:
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-9)
+        left = (self.total - self.done) / max(rate, 1e-9)
+        print(f"predict: {self.done}/{self.total} images, {rate:.2f} images/s, {left:.0f} s left", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_tool(main))
