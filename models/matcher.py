@@ -26,6 +26,11 @@ class HungarianMatcher(nn.Module):
         probability of the target class. Architectures with other classifiers override this."""
         return -logits.softmax(-1)[:, tgt_ids]
 
+    def pairwise_giou(self, boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+        """Generalised IoU ``[N, M]`` of xyxy boxes ``[N, 4]`` and ``[M, 4]``. Architectures whose official code
+        computes it otherwise override this."""
+        return generalized_box_iou(boxes1, boxes2)
+
     @torch.no_grad()
     def cost_matrices(self, outputs: dict, targets: list[dict]) -> list[torch.Tensor]:
         """Per-image cost matrices ``[Q, T_i]`` (on CPU)."""
@@ -36,7 +41,7 @@ class HungarianMatcher(nn.Module):
 
         cost_class = self.class_cost(outputs["pred_logits"].flatten(0, 1), tgt_ids)
         cost_bbox = torch.cdist(out_bbox, tgt_bbox, p=1)
-        cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(out_bbox), box_cxcywh_to_xyxy(tgt_bbox))
+        cost_giou = -self.pairwise_giou(box_cxcywh_to_xyxy(out_bbox), box_cxcywh_to_xyxy(tgt_bbox))
         cost = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
         cost = cost.view(bs, num_queries, -1).float().cpu()
         sizes = [len(v["boxes"]) for v in targets]

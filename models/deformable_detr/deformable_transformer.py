@@ -8,24 +8,18 @@ import copy
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.activation import activation_fn
 from models.attention_weights import computes_weights
-from models.deformable_detr.ms_deform_attn import MSDeformAttn, SpatialShapes, level_sizes, sizes_tensor
+from models.deformable_detr.ms_deform_attn import MSDeformAttn, SpatialShapes, sizes_tensor
+from models.deformable_detr.token_positions import encoder_proposals, encoder_reference_points
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     """Logit of ``x`` clamped to [0, 1], with ``x`` and ``1 - x`` kept at least ``eps``; any shape."""
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
-
-
-def _activation(name: str):
-    functions = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
-    if name not in functions:
-        raise ValueError(f"activation must be one of {sorted(functions)}, got {name!r}")
-    return functions[name]
 
 
 def _clones(module: nn.Module, n: int) -> nn.ModuleList:
@@ -92,35 +86,11 @@ class DeformableTransformer(nn.Module):
 
     def gen_encoder_output_proposals(self, memory: Tensor, memory_padding_mask: Tensor,
                                      spatial_shapes: SpatialShapes) -> tuple[Tensor, Tensor]:
-        """One proposal per encoder token: a box centred on its cell (relative to the valid image) with width and
-        height 0.05 * 2**level, as logits ``[B, S, 4]``. Proposals on padding or not strictly inside (0.01, 0.99)
-        in every coordinate become +inf and their memory rows 0. Returns (``enc_output_norm(enc_output(memory))``
-        ``[B, S, C]``, proposal logits ``[B, S, 4]``)."""
-        batch = memory.shape[0]
-        proposals = []
-        start = 0
-        for level, (height, width) in enumerate(level_sizes(spatial_shapes)):
-            level_mask = memory_padding_mask[:, start:start + height * width].view(batch, height, width, 1)
-            valid_h = torch.sum(~level_mask[:, :, 0, 0], 1)
-            valid_w = torch.sum(~level_mask[:, 0, :, 0], 1)
-            grid_y, grid_x = torch.meshgrid(
-                torch.arange(height, dtype=torch.float32, device=memory.device),  # = linspace(0, H - 1, H)
-                torch.arange(width, dtype=torch.float32, device=memory.device), indexing="ij")
-            grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)  # [H, W, 2] (x, y)
-            valid_size = torch.cat([valid_w.unsqueeze(-1), valid_h.unsqueeze(-1)], 1).view(batch, 1, 1, 2)
-            grid = (grid.unsqueeze(0).expand(batch, -1, -1, -1) + 0.5) / valid_size
-            wh = torch.ones_like(grid) * 0.05 * (2.0 ** level)
-            proposals.append(torch.cat((grid, wh), -1).view(batch, -1, 4))
-            start += height * width
-        output_proposals = torch.cat(proposals, 1)
-        valid = ((output_proposals > 0.01) & (output_proposals < 0.99)).all(-1, keepdim=True)
-        output_proposals = torch.log(output_proposals / (1 - output_proposals))
-        output_proposals = output_proposals.masked_fill(memory_padding_mask.unsqueeze(-1), float("inf"))
-        output_proposals = output_proposals.masked_fill(~valid, float("inf"))
-        output_memory = memory.masked_fill(memory_padding_mask.unsqueeze(-1), 0.0)
-        output_memory = output_memory.masked_fill(~valid, 0.0)
-        output_memory = self.enc_output_norm(self.enc_output(output_memory))
-        return output_memory, output_proposals
+        """One proposal per encoder token (models/deformable_detr/token_positions.py): (``enc_output_norm(
+        enc_output(memory))`` with padded and invalid tokens zeroed first ``[B, S, C]``, proposal logits ``[B, S,
+        4]``, +inf where invalid)."""
+        output_memory, output_proposals = encoder_proposals(memory, memory_padding_mask, spatial_shapes)
+        return self.enc_output_norm(self.enc_output(output_memory)), output_proposals
 
     @staticmethod
     def get_valid_ratio(mask: Tensor) -> Tensor:
@@ -197,7 +167,7 @@ class DeformableTransformerEncoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ffn)
-        self.activation = _activation(activation)
+        self.activation = activation_fn(activation)
         self.dropout2 = nn.Dropout(dropout)
         self.linear2 = nn.Linear(d_ffn, d_model)
         self.dropout3 = nn.Dropout(dropout)
@@ -230,19 +200,9 @@ class DeformableTransformerEncoder(nn.Module):
 
     @staticmethod
     def get_reference_points(spatial_shapes: SpatialShapes, valid_ratios: Tensor, device: torch.device) -> Tensor:
-        """Cell centres of every level relative to the valid image (so past 1 on padding), seen from every level:
-        ``[B, S, L, 2]`` (x, y), the valid image's coordinates scaled by each level's valid ratios
-        ``[B, L, 2]``."""
-        points = []
-        for level, (height, width) in enumerate(level_sizes(spatial_shapes)):
-            ref_y, ref_x = torch.meshgrid(
-                torch.arange(height, dtype=torch.float32, device=device) + 0.5,  # = linspace(0.5, H - 0.5, H)
-                torch.arange(width, dtype=torch.float32, device=device) + 0.5, indexing="ij")
-            ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)
-            ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * width)
-            points.append(torch.stack((ref_x, ref_y), -1))
-        reference_points = torch.cat(points, 1)
-        return reference_points[:, :, None] * valid_ratios[:, None]
+        """Cell centres of every level seen from every level, ``[B, S, L, 2]``
+        (models/deformable_detr/token_positions.py; ``device`` is valid_ratios')."""
+        return encoder_reference_points(spatial_shapes, valid_ratios)
 
     def forward(self, src: Tensor, spatial_shapes: SpatialShapes, level_start_index: Tensor, valid_ratios: Tensor,
                 pos: Tensor | None = None, padding_mask: Tensor | None = None) -> Tensor:
@@ -271,7 +231,7 @@ class DeformableTransformerDecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ffn)
-        self.activation = _activation(activation)
+        self.activation = activation_fn(activation)
         self.dropout3 = nn.Dropout(dropout)
         self.linear2 = nn.Linear(d_ffn, d_model)
         self.dropout4 = nn.Dropout(dropout)

@@ -12,9 +12,9 @@ as tools/analysis/visualize_attention.py does) computes and returns them as the 
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.activation import activation_fn
 from models.attention_weights import computes_weights
 
 
@@ -130,7 +130,7 @@ class TransformerEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
-        self.activation = _get_activation_fn(activation)
+        self.activation = activation_fn(activation)
         self.normalize_before = normalize_before
 
     def _feed_forward(self, x: Tensor) -> Tensor:
@@ -172,7 +172,7 @@ class TransformerDecoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
-        self.activation = _get_activation_fn(activation)
+        self.activation = activation_fn(activation)
         self.normalize_before = normalize_before
 
     def _feed_forward(self, x: Tensor) -> Tensor:
@@ -207,16 +207,6 @@ class TransformerDecoderLayer(nn.Module):
 
 def _clones(module: nn.Module, n: int) -> nn.ModuleList:
     return nn.ModuleList([copy.deepcopy(module) for _ in range(n)])
-
-
-def _get_activation_fn(activation: str):
-    if activation == "relu":
-        return F.relu
-    if activation == "gelu":
-        return F.gelu
-    if activation == "glu":
-        return F.glu
-    raise ValueError(f"activation should be relu/gelu/glu, not {activation!r}")
 
 
 def build_transformer(args) -> Transformer:

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from datasets import official_num_classes
+from models.activation import DINO_ACTIVATIONS
 from models.backbone import build_backbone
-from models.dino.activation import ACTIVATIONS
 from models.dino.criterion import DINOCriterion
 from models.dino.decoder import MODULES, SELF_ATTENTION_TYPES
 from models.dino.dino import DINO
@@ -63,7 +63,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                             "overwrites them with its xavier initialisation afterwards)")
     group.add_argument("--use_detached_boxes_dec_out", action="store_true",
                        help="predict each layer's boxes from the detached anchors (no look-forward-twice)")
-    group.add_argument("--transformer_activation", default="relu", choices=ACTIVATIONS,
+    group.add_argument("--transformer_activation", default="relu", choices=DINO_ACTIVATIONS,
                        help="activation of the transformer's feed-forward blocks")
     group.add_argument("--decoder_sa_type", default="sa", choices=SELF_ATTENTION_TYPES,
                        help="decoder self-attention: sa (among queries), ca_label (to class embeddings; needs "

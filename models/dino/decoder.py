@@ -7,9 +7,9 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from models.activation import activation_fn
 from models.attention_weights import computes_weights
 from models.deformable_detr.ms_deform_attn import MSDeformAttn
-from models.dino.activation import activation_fn
 from models.dino.anchors import anchor_sine_embedding, inverse_sigmoid
 from models.mlp import MLP
 

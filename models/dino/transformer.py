@@ -6,10 +6,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from models.deformable_detr.deformable_transformer import DeformableTransformerEncoderLayer
 from models.deformable_detr.ms_deform_attn import MSDeformAttn, sizes_tensor
-from models.dino.anchors import encoder_proposals, inverse_sigmoid, valid_ratios
+from models.deformable_detr.token_positions import encoder_proposals
+from models.dino.anchors import inverse_sigmoid, valid_ratios
 from models.dino.decoder import MODULES, Decoder, DecoderLayer
-from models.dino.encoder import Encoder, EncoderLayer
+from models.dino.encoder import Encoder
 from models.dino.query_selection import gather_tokens, top_k_tokens
 
 TWO_STAGE_TYPES = ("standard", "no")
@@ -61,8 +63,8 @@ class DeformableTransformer(nn.Module):
         self.embed_init_tgt = embed_init_tgt
 
         # module creation order = the official one, so that a seed gives the official initial weights
-        encoder_layer = EncoderLayer(d_model, dim_feedforward, dropout, activation, num_feature_levels, nhead,
-                                     enc_n_points)
+        encoder_layer = DeformableTransformerEncoderLayer(d_model, dim_feedforward, dropout, activation,
+                                                          num_feature_levels, nhead, enc_n_points)
         encoder_norm = nn.LayerNorm(d_model) if normalize_before else None
         self.encoder = Encoder(encoder_layer, num_encoder_layers, encoder_norm)
         decoder_layer = DecoderLayer(d_model, dim_feedforward, dropout, activation, num_feature_levels, nhead,
