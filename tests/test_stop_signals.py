@@ -20,6 +20,15 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = ["--lr_backbone", "0", "--batch_size", "2", "--eval_every", "1000"]  # frozen backbone: quick steps
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Python's own SIGINT handler, as an interactive start installs it: a suite launched in the background by a
+    non-interactive shell inherits SIGINT ignored, which StopSignals (rightly) leaves alone."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def four_images(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("four"), num_train=4, num_val=2, image_size=64, seed=1)
