@@ -14,15 +14,13 @@ from torch import nn
 from datasets.bad_images import SkippedImages, split_batch
 from evaluation.coco_eval import CocoEvaluator, results_to_cpu
 from evaluation.panoptic_eval import PanopticEvaluator, format_pq_table
+from util.amp import Precision
 from util.checkpoint import preserved_rng_state, save_checkpoint
 from util.distributed import broadcast_object, is_main_process, reduce_dict
-from util.loss_log import DeferredLosses, NonFiniteLossError
+from util.loss_log import DeferredLosses
 from util.metric_logger import MetricLogger, SmoothedValue
 from util.nested_tensor import NestedTensor
-from util.train_step import TrainStep, takes_targets
-
-__all__ = ["NonFiniteLossError", "takes_targets", "train_one_epoch", "evaluate", "Evaluation", "finish_epoch",
-           "summary_line"]
+from util.train_step import TrainStep
 
 STATS_NAMES = {"bbox": "bbox", "segm": "masks"}  # the official log's keys: coco_eval_bbox, coco_eval_masks
 PROGRESS_METERS = ("lr", "loss", "loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "class_error")
@@ -102,7 +100,7 @@ def single_images(samples: NestedTensor, targets: list[dict]) -> list[NestedTens
 def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_loader: Iterable, base_ds,
              device: torch.device, print_freq: int = 10, panoptic_evaluator=None, *, batch_invariant: bool = False,
              stop_check: Callable[[str], None] | None = None, skipped: SkippedImages | None = None,
-             eval_backend: str = "pycocotools") -> tuple[dict, CocoEvaluator]:
+             eval_backend: str = "pycocotools", precision: Precision | None = None) -> tuple[dict, CocoEvaluator]:
     """Loss and COCO evaluation over ``data_loader`` (gathered across processes).
 
     ``postprocessors`` has ``bbox``, and with a mask head ``segm`` (instance masks, evaluated by COCOeval too) and
@@ -117,8 +115,10 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
     at any batch size (the logged losses are then averages of per-image losses). ``stop_check`` and ``skipped`` as
     for :func:`train_one_epoch` (images left out are not evaluated; ``skipped_images`` is then among the stats).
     ``eval_backend``: the COCOeval implementation (evaluation/coco_eval.py). Detections come to the host once per
-    batch, the loss terms at progress lines.
+    batch, the loss terms at progress lines. ``precision`` (``--amp``): the forward runs under its autocast, the
+    losses and post-processing in fp32.
     """
+    precision = precision or Precision("off", device)
     model.eval()
     criterion.eval()
     metric_logger = MetricLogger(delimiter="  ", shown=PROGRESS_METERS)
@@ -143,7 +143,9 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
             else [(samples, targets)]
         loss_dicts = []
         for part_samples, part_targets in parts:
-            outputs = model(part_samples)
+            with precision.autocast():
+                outputs = model(part_samples)
+            outputs = precision.to_fp32(outputs)
             loss_dicts.append(criterion(outputs, part_targets))
             _record_predictions(outputs, part_targets, postprocessors, coco_evaluator, panoptic_evaluator)
         if not lost_somewhere:  # a step that lost its whole batch on some process takes part in no collective
@@ -203,17 +205,19 @@ class Evaluation:
     def __init__(self, model: nn.Module, criterion: nn.Module, postprocessors: dict, data_loader: Iterable,
                  coco_ground_truth, device: torch.device, print_freq: int, output_dir: Path | None,
                  panoptic_ground_truth: tuple[Path, Path] | None = None, *, batch_invariant: bool = False,
-                 skipped: SkippedImages | None = None, eval_backend: str = "pycocotools"):
+                 skipped: SkippedImages | None = None, eval_backend: str = "pycocotools",
+                 precision: Precision | None = None):
         self.model, self.criterion, self.postprocessors = model, criterion, postprocessors
         self.data_loader, self.coco_ground_truth, self.device = data_loader, coco_ground_truth, device
         self.print_freq, self.output_dir, self.panoptic_ground_truth = print_freq, output_dir, panoptic_ground_truth
         self.batch_invariant, self.skipped, self.eval_backend = batch_invariant, skipped, eval_backend
+        self.precision = precision
         self.stop_check: Callable[[str], None] | None = None  # set while a training run can be stopped
 
     def __call__(self) -> tuple[dict, CocoEvaluator]:
         """(stats, CocoEvaluator) as :func:`evaluate` returns them."""
         options = dict(batch_invariant=self.batch_invariant, stop_check=self.stop_check, skipped=self.skipped,
-                       eval_backend=self.eval_backend)
+                       eval_backend=self.eval_backend, precision=self.precision)
         if "panoptic" not in self.postprocessors:
             return evaluate(self.model, self.criterion, self.postprocessors, self.data_loader, self.coco_ground_truth,
                             self.device, self.print_freq, **options)
@@ -251,7 +255,7 @@ def finish_epoch(epoch: int, train_stats: dict, evaluation: Evaluation | None, o
         if output_dir is not None and is_main_process():
             (output_dir / "eval").mkdir(exist_ok=True)
             for name in ["latest.pth"] + ([f"{epoch:03}.pth"] if epoch % 50 == 0 else []):
-                save_checkpoint(coco_evaluator.coco_eval["bbox"].eval, output_dir / "eval" / name)
+                save_checkpoint(coco_evaluator.saved_state("bbox"), output_dir / "eval" / name)
     log_stats.update({"epoch": epoch, "n_parameters": n_parameters})
     if output_dir is not None and is_main_process():
         with (output_dir / "log.txt").open("a") as f:

@@ -19,7 +19,7 @@ import cli
 from datasets import RunData, build_run_data
 from datasets.bad_images import SkippedImages
 from datasets.loaders import Loaders, build_loaders
-from engine import Evaluation, NonFiniteLossError, finish_epoch, summary_line, train_one_epoch
+from engine import Evaluation, finish_epoch, summary_line, train_one_epoch
 from models import architecture, build_model
 from models.attention_weights import set_need_weights
 from util import training_state
@@ -29,6 +29,7 @@ from util.compile import compile_model
 from util.config import dump_config, is_plain
 from util.distributed import ProcessSetup, broadcast_object, init_distributed, is_main_process, local_rank_and_size
 from util.ema import ModelEMA
+from util.loss_log import NonFiniteLossError
 from util.optimizer import build_lr_scheduler, build_optimizer
 from util.provenance import git_sha
 from util.stop_signals import Stopped, StopSignals
@@ -106,6 +107,7 @@ def prepare(args: argparse.Namespace) -> Session:
                             persistent_workers=not args.official_paths,
                             aspect_ratio_grouping=args.aspect_ratio_grouping)
     evaluation_options = dict(batch_invariant=args.eval_batch_invariant, eval_backend=args.eval_backend,
+                              precision=precision,
                               skipped=SkippedImages(device) if args.skip_bad_images else None)
     evaluation = Evaluation(model, criterion, postprocessors, loaders.val, data.coco_ground_truth, device,
                             args.print_freq, output_dir, data.panoptic_ground_truth, **evaluation_options)
@@ -145,7 +147,7 @@ def evaluate_only(s: Session) -> dict:
                               run_flags=_model_flags(s.args), ema=s.ema)
     test_stats, coco_evaluator = s.evaluation()
     if s.output_dir is not None and is_main_process():
-        save_checkpoint(coco_evaluator.coco_eval["bbox"].eval, s.output_dir / "eval.pth")
+        save_checkpoint(coco_evaluator.saved_state("bbox"), s.output_dir / "eval.pth")
     _print_summary(test_stats, s.output_dir)
     if s.ema_evaluation is not None:  # --ema: the moving average's numbers too
         ema_stats, _ = s.ema_evaluation()
@@ -167,7 +169,9 @@ def train(s: Session) -> dict:
         except Stopped as stop:
             raise Stopped(stop.signum, _resume_advice(str(stop), s.output_dir, progress["saved_epoch"])) from None
         finally:
-            s.evaluation.stop_check = None
+            for evaluation in (s.evaluation, s.ema_evaluation):
+                if evaluation is not None:
+                    evaluation.stop_check = None
             if s.tensorboard is not None:
                 s.tensorboard.close()
 
@@ -205,7 +209,9 @@ def _train(s: Session, signals: StopSignals, progress: dict) -> dict:
     args, output_dir = s.args, s.output_dir
     start_epoch, test_stats = _resume_training(s)
     stop_check = signals.check if signals.active else None
-    s.evaluation.stop_check = stop_check
+    for evaluation in (s.evaluation, s.ema_evaluation):
+        if evaluation is not None:
+            evaluation.stop_check = stop_check
     skipped = SkippedImages(args.device) if args.skip_bad_images else None
     if start_epoch > 0 and output_dir is not None and (output_dir / training_state.CHECKPOINT_NAME).is_file():
         progress["saved_epoch"] = start_epoch - 1
@@ -277,7 +283,7 @@ def _resume_training(s: Session) -> tuple[int, dict]:
         # finish that epoch's evaluation and log line first.
         due = _evaluation_due(point.saved_epoch, s.args)
         test_stats = finish_epoch(point.saved_epoch, point.train_stats, s.evaluation if due else None, s.output_dir,
-                                  s.n_parameters, s.ema_evaluation if due else None)
+                                  s.n_parameters, s.ema_evaluation if due else None, monitor=s.tensorboard)
     return point.start_epoch, test_stats
 
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 import cli
-from engine import takes_targets
 from models import architecture, build_model
 from util.config import parse_args_with_config
 from util.nested_tensor import nested_tensor_from_tensor_list
 from util.optimizer import build_optimizer
+from util.train_step import takes_targets
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

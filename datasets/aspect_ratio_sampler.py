@@ -6,7 +6,8 @@ to a square-ish canvas. The sampler draws images in the order of the underlying 
 shard) and puts each into the bucket of its orientation (width > height, or not); a bucket that reaches the batch
 size becomes a batch. The images left in the two buckets at the end of the epoch form the last batches (mixed, the
 very last one possibly smaller), so every image of the epoch is used exactly once. Orientations come from the
-annotation file's width and height; the random resizes of the training transforms keep them.
+annotation file's width and height; the training transforms mostly keep them (the random crop of the multi-scale
+branch can turn a wide image tall).
 """
 import math
 from collections.abc import Iterator, Sequence

@@ -13,7 +13,7 @@ Unlike the official file, which re-implements pycocotools' per-image evaluation 
 this gathers the COCO-format results themselves and runs pycocotools' ``evaluate`` once in ``accumulate``.
 
 ``backend="faster_coco_eval"`` (``--eval_backend``) runs the same evaluation in the C++ of the faster-coco-eval
-package instead: the same 12 numbers (tests/test_eval_speed.py), in a fraction of the time on large validation sets
+package instead: the same 12 numbers (tests/test_eval_backend.py), in a fraction of the time on large validation sets
 (benchmarks/coco_eval_speed.py).
 """
 import contextlib
@@ -25,7 +25,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import COCOeval, Params
 
 from util.distributed import all_gather
 
@@ -200,3 +200,15 @@ class CocoEvaluator:
         for iou_type, coco_eval in self.coco_eval.items():
             print(f"IoU metric: {iou_type}")
             coco_eval.summarize()
+
+    def saved_state(self, iou_type: str = "bbox") -> dict:
+        """The accumulated ``eval`` dict of ``iou_type`` as the official code saves it (``eval/latest.pth``):
+        pycocotools' own; with faster-coco-eval, the same keys, ``params`` rebuilt as pycocotools' ``Params`` and
+        the extra keys (per-image matches, counts) left out, so that one reader (tools/plot_logs.py) loads both."""
+        state = self.coco_eval[iou_type].eval
+        if self.backend == "pycocotools":
+            return state
+        params = Params(iouType=state["params"].iouType)
+        for field in ("areaRng", "areaRngLbl", "catIds", "imgIds", "iouThrs", "maxDets", "recThrs", "useCats"):
+            setattr(params, field, getattr(state["params"], field))
+        return {"params": params, **{k: state[k] for k in ("counts", "date", "precision", "recall", "scores")}}

@@ -1,4 +1,5 @@
 """--compile: torch.compile with dynamic shapes where it can work, else eager with one message."""
+import copy
 import os
 
 import pytest
@@ -71,3 +72,39 @@ def test_tiny_detr_compiles_with_dynamic_shapes_and_matches_eager():
             torch.testing.assert_close(compiled(samples)["pred_boxes"], model(samples)["pred_boxes"], rtol=1e-4,
                                        atol=1e-5)
     assert not compiled.fell_back
+
+
+class _BackwardFails(torch.autograd.Function):
+    """The identity, whose backward fails as a backward graph that cannot be compiled does (at the first
+    ``backward()``, after a successful compiled forward)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise torch._dynamo.exc.InternalTorchDynamoError("the backend cannot lower the backward graph")
+
+
+class _SquaredError(nn.Module):
+    weight_dict = {"loss": 1.0}
+
+    def forward(self, outputs, targets):
+        return {"loss": (outputs - targets[0]["y"]).pow(2).mean()}
+
+
+def test_a_backward_that_fails_to_compile_redoes_the_step_eager(capsys):
+    from util.train_step import TrainStep
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    reference = copy.deepcopy(model)
+    x, targets = torch.randn(5, 3), [{"y": torch.randn(5, 2)}]
+    wrapped = CompiledWithFallback(model, lambda inputs: _BackwardFails.apply(model(inputs)))
+    TrainStep(wrapped, _SquaredError(), torch.optim.SGD(model.parameters(), lr=0.1))(x, targets)
+    TrainStep(reference, _SquaredError(), torch.optim.SGD(reference.parameters(), lr=0.1))(x, targets)
+    assert wrapped.fell_back
+    assert capsys.readouterr().out.count("--compile: compiling the model failed") == 1
+    for p, q in zip(model.parameters(), reference.parameters()):  # one eager step, as without --compile
+        torch.testing.assert_close(p, q, rtol=0, atol=0)

@@ -111,3 +111,20 @@ def test_results_reach_the_host_in_one_piece_per_key():
             assert value.device.type == "meta" and value.shape == before[key].shape, key
     assert moved[0]["scores"]._base is moved[1]["scores"]._base is not None  # one stacked transfer for the batch
     assert moved[1]["masks"]._base is None  # masks of different sizes: one each
+
+
+def test_saved_states_of_both_backends_load_in_plot_logs_with_the_same_curves(tmp_path):
+    from tools.plot_logs import load_evaluation
+    from util.checkpoint import save_checkpoint
+
+    coco_gt = _coco(_gt_dataset(), tmp_path)
+    loaded = {}
+    for backend in ("pycocotools", "faster_coco_eval"):
+        evaluator = CocoEvaluator(coco_gt, ["bbox"], backend=backend)
+        evaluator.update(_predictions(coco_gt, shift=0.3))
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.accumulate()
+        save_checkpoint(evaluator.saved_state("bbox"), tmp_path / f"{backend}.pth")
+        loaded[backend] = load_evaluation(tmp_path / f"{backend}.pth")
+    np.testing.assert_array_equal(loaded["faster_coco_eval"]["precision"], loaded["pycocotools"]["precision"])
+    assert loaded["faster_coco_eval"]["params"].catIds == loaded["pycocotools"]["params"].catIds

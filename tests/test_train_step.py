@@ -153,21 +153,25 @@ def test_attention_without_weights_equals_the_official_path(tiny_coco, tiny_args
     assert not computes_weights(False, True, torch.device("cuda"))  # GPU training: fused attention
 
 
-def test_a_hook_still_gets_cross_attention_maps_when_asked(tiny_coco, tiny_args, batches):
+def test_a_forward_hook_gets_the_attention_maps_as_in_the_official_notebook(tiny_coco, tiny_args, batches):
+    """The official DETR notebook reads the maps with forward hooks on the attention modules (``output[1]``): a
+    hooked layer computes its weights; an unhooked one does not."""
     model, _, _ = _setup(tiny_coco, tiny_args)
     model.eval()
     layer = model.transformer.decoder.layers[-1]
+    unhooked = model.transformer.decoder.layers[0].multihead_attn
     seen = []
     layer.multihead_attn.register_forward_hook(lambda m, i, o: seen.append(o[1]))
     samples, _ = batches[0]
     with torch.no_grad():
         model(samples)
-        layer.need_weights = True
+        outputs = {}  # a pre-hook sees the call's arguments without reading the outputs
+        unhooked.register_forward_pre_hook(lambda m, args, kwargs: outputs.update(kwargs), with_kwargs=True)
         model(samples)
-    assert seen[0] is None  # not computed by default
-    maps = seen[1]  # [B, Q, S]: head-averaged, each row a distribution over the memory tokens
+    maps = seen[0]  # [B, Q, S]: head-averaged, each row a distribution over the memory tokens
     assert maps.shape[:2] == (2, 8)
     torch.testing.assert_close(maps.sum(-1), torch.ones(2, 8))
+    assert outputs["need_weights"] is False  # a layer whose outputs nobody hooks runs the fused kernel
 
 
 @pytest.mark.parametrize("meta_arch", ["deformable_detr", "dino"])

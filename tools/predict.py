@@ -12,11 +12,13 @@ does (``--image_size``), and drawn at its own size.
 
 Writes to ``--output_dir``:
 - ``<image name>.png``: the image with every prediction of score >= ``--threshold`` (box, category name, score; a
-  mask model's masks; a panoptic model's segments in colour);
-- ``predictions.json``: those predictions as a COCO results list ``{"file_name", "image_id", "category_id", "bbox":
-  [x, y, w, h] (pixels), "score"}`` (with ``"segmentation"`` (RLE) for mask models), loadable with pycocotools'
-  ``COCO.loadRes``. ``image_id`` is the image's id in the ``--coco_path`` annotation files when they list its file
-  name, else a running number (from the largest listed id + 1).
+  mask model's masks; a panoptic model's segments in colour, as its panoptic post-processor keeps them: queries
+  above that post-processor's own threshold, 0.85 as in the official code, whatever ``--threshold`` says);
+- ``predictions.json``: the boxes as a COCO results list ``{"file_name", "image_id", "category_id", "bbox":
+  [x, y, w, h] (pixels), "score"}`` (with ``"segmentation"`` (RLE) for instance-mask models; panoptic models'
+  segments are in the pictures only), loadable with pycocotools' ``COCO.loadRes``. ``image_id`` is the image's id
+  in the ``--coco_path`` annotation files when they list its file name, else a running number (from the largest
+  listed id + 1).
 
 Category names come from the annotation files under ``--coco_path`` (given, or stored in the checkpoint), else COCO's
 for models with COCO's class count. Consecutive images of the same size after resizing share a batch (padding would

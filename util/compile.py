@@ -47,14 +47,22 @@ class CompiledWithFallback(nn.Module):
         if not self.fell_back:
             try:
                 return self.compiled(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - only compiler failures are caught, others re-raised below
-                if not _is_compiler_failure(exc):
+            except Exception as exc:  # noqa: BLE001 - only compiler failures are caught, others re-raised
+                if not self.fall_back(exc):
                     raise
-                self.fell_back = True
-                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                print(f"--compile: compiling the model failed ({type(exc).__name__}: {first_line[:200]}); "
-                      "continuing eager", flush=True)
         return self.model(*args, **kwargs)
+
+    def fall_back(self, exc: Exception) -> bool:
+        """If ``exc`` is a compiler failure (of the forward pass, or of the backward pass, which is compiled at the
+        first ``backward()``: util/train_step.py calls this then), say so once and run eager from now on; returns
+        whether it was one."""
+        if not _is_compiler_failure(exc):
+            return False
+        self.fell_back = True
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"--compile: compiling the model failed ({type(exc).__name__}: {first_line[:200]}); continuing eager",
+              flush=True)
+        return True
 
     def __getattr__(self, name: str):
         try:

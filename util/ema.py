@@ -5,7 +5,8 @@ moves towards the model's: ``ema += (1 - d) * (model - ema)`` with ``d = min(DEC
 update ``n`` (1, 2, ...; the ramp of TensorFlow's ``ExponentialMovingAverage(num_updates=n)``, so that the average
 forgets the random initialisation within the first few hundred steps). Other entries (BatchNorm's batch counters)
 are copied. The average is saved as ``model_ema`` with its update count ``ema_updates`` in the checkpoint, so a
-resumed run continues it exactly.
+resumed run continues it exactly. It is updated after every training step, also after a step that
+``--amp fp16``'s gradient scaler skipped (it then moves towards unchanged weights), resumed or not.
 """
 import copy
 

@@ -3,8 +3,8 @@
 A step never makes the host wait for the device. Whether the loss is finite is decided on the device: with a fused
 optimiser (the default on CPU and CUDA, util/optimizer.py) a non-finite step is handed to the optimiser as
 ``found_inf`` and its whole update (weights, moments, step count) is skipped inside the kernel; the loss log reads
-the terms later and stops the run naming that step (util/loss_log.py). Optimisers without that switch (``--sgd``
-or AdamW built with ``foreach``/``plain``, and ``--official_paths``) read the loss on the host each step and stop
+the terms later and stops the run naming that step (util/loss_log.py). Optimisers without that switch (AdamW or
+SGD built with ``foreach``/``plain``, as ``--official_paths`` builds them) read the loss on the host each step and stop
 before the backward pass, as the official loop does.
 """
 from dataclasses import dataclass
@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from util.amp import Precision
+from util.compile import CompiledWithFallback
 from util.distributed import reduce_dict
 from util.ema import ModelEMA
 
@@ -67,7 +68,12 @@ class TrainStep:
 
         scaler = self.precision.scaler
         self.optimizer.zero_grad()
-        (scaler.scale(losses) if scaler is not None else losses).backward()
+        try:
+            (scaler.scale(losses) if scaler is not None else losses).backward()
+        except Exception as exc:  # noqa: BLE001 - only a --compile backward failure is handled, others re-raised
+            if not (isinstance(self.model, CompiledWithFallback) and self.model.fall_back(exc)):
+                raise
+            return self(samples, targets)  # the same step again, eager
         if scaler is not None:
             scaler.unscale_(self.optimizer)
         if self.max_norm > 0:

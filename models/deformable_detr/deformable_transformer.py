@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from models.activation import activation_fn
-from models.attention_weights import computes_weights
+from models.attention_weights import computes_weights, has_forward_hooks
 from models.deformable_detr.ms_deform_attn import MSDeformAttn, SpatialShapes, sizes_tensor
 from models.deformable_detr.token_positions import encoder_proposals, encoder_reference_points
 
@@ -251,7 +251,8 @@ class DeformableTransformerDecoderLayer(nn.Module):
                 src_padding_mask: Tensor | None = None) -> Tensor:
         """tgt, query_pos: ``[B, Q, C]``; reference_points: ``[B, Q, L, 2 or 4]``; src: ``[B, S, C]``."""
         q = k = self.with_pos_embed(tgt, query_pos)
-        need_weights = computes_weights(self.need_weights, self.training, tgt.device)
+        need_weights = computes_weights(self.need_weights or has_forward_hooks(self.self_attn), self.training,
+                                        tgt.device)
         tgt2 = self.self_attn(q.transpose(0, 1), k.transpose(0, 1), tgt.transpose(0, 1),
                               need_weights=need_weights)[0].transpose(0, 1)
         tgt = self.norm2(tgt + self.dropout2(tgt2))

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from models.activation import activation_fn
-from models.attention_weights import computes_weights
+from models.attention_weights import computes_weights, has_forward_hooks
 
 
 class Transformer(nn.Module):
@@ -136,9 +136,19 @@ class TransformerEncoderLayer(nn.Module):
     def _feed_forward(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
 
+    def _maps_read(self) -> bool:
+        """Whether a forward hook reads the attention maps (never in TorchScript, which has no hooks)."""
+        if torch.jit.is_scripting():
+            return False
+        return self._hooked()
+
+    @torch.jit.unused
+    def _hooked(self) -> bool:
+        return has_forward_hooks(self.self_attn)
+
     def forward(self, src: Tensor, src_mask: Tensor | None = None, src_key_padding_mask: Tensor | None = None,
                 pos: Tensor | None = None) -> Tensor:
-        need_weights = computes_weights(self.need_weights, self.training, src.device)
+        need_weights = computes_weights(self.need_weights or self._maps_read(), self.training, src.device)
         if self.normalize_before:
             src2 = self.norm1(src)
             q = k = _with_pos(src2, pos)
@@ -178,11 +188,21 @@ class TransformerDecoderLayer(nn.Module):
     def _feed_forward(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
 
+    def _maps_read(self) -> bool:
+        """Whether a forward hook reads the attention maps (never in TorchScript, which has no hooks)."""
+        if torch.jit.is_scripting():
+            return False
+        return self._hooked()
+
+    @torch.jit.unused
+    def _hooked(self) -> bool:
+        return has_forward_hooks(self.self_attn, self.multihead_attn)
+
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Tensor | None = None,
                 memory_mask: Tensor | None = None, tgt_key_padding_mask: Tensor | None = None,
                 memory_key_padding_mask: Tensor | None = None, pos: Tensor | None = None,
                 query_pos: Tensor | None = None) -> Tensor:
-        need_weights = computes_weights(self.need_weights, self.training, tgt.device)
+        need_weights = computes_weights(self.need_weights or self._maps_read(), self.training, tgt.device)
         if self.normalize_before:
             tgt2 = self.norm1(tgt)
             q = k = _with_pos(tgt2, query_pos)

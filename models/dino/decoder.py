@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from models.activation import activation_fn
-from models.attention_weights import computes_weights
+from models.attention_weights import computes_weights, has_forward_hooks
 from models.deformable_detr.ms_deform_attn import MSDeformAttn
 from models.dino.anchors import anchor_sine_embedding, inverse_sigmoid
 from models.mlp import MLP
@@ -58,7 +58,8 @@ class DecoderLayer(nn.Module):
     def forward_sa(self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, memory: Tensor,
                    memory_padding_mask: Tensor, level_start_index: Tensor, spatial_shapes: Tensor,
                    self_attn_mask: Tensor | None) -> Tensor:
-        need_weights = computes_weights(self.need_weights, self.training, tgt.device)
+        need_weights = computes_weights(self.need_weights or has_forward_hooks(self.self_attn), self.training,
+                                        tgt.device)
         if self.sa_type == "sa":
             q = k = tgt + query_pos
             tgt2 = self.self_attn(q, k, tgt, attn_mask=self_attn_mask, need_weights=need_weights)[0]
