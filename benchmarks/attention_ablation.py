@@ -26,6 +26,7 @@ import cli
 from benchmarks.benchmark import hardware, measure
 from models import build_model
 from models.attention import ATTENTION
+from models.attention_weights import set_need_weights
 from run import run
 from tools.data.synthetic import generate
 from util.config import parse_args_with_config
@@ -42,9 +43,12 @@ def preset_args(block: str, extra: list[str]) -> argparse.Namespace:
 
 
 def gflops(args: argparse.Namespace) -> float:
-    """Forward GFLOPs of one square image at ``--image_size`` (multiply-adds counted as 2 FLOPs)."""
+    """Forward GFLOPs of one square image at ``--image_size`` (multiply-adds counted as 2 FLOPs). The attention
+    layers take the weight-computing path, whose matrix products the counter sees (it does not count the fused
+    scaled_dot_product_attention kernel on the CPU); the FLOPs are the same."""
     model, _, _ = build_model(args)
     model.eval()
+    set_need_weights(model, True)
     with FlopCounterMode(display=False) as counter:  # (its module tracker needs autograd on)
         model([torch.rand(3, args.image_size, args.image_size)])
     return counter.get_total_flops() / 1e9
