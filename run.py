@@ -5,7 +5,6 @@
 import argparse
 import datetime
 import random
-import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -165,7 +164,9 @@ def train(s: Session) -> dict:
         progress = {"saved_epoch": None}
         s.tensorboard = _open_tensorboard(s)
         try:
-            return _train(s, signals, progress)
+            # persistent validation workers end with the signal too, which DataLoader may report at any point
+            with signals.failures_after_a_signal_stop("while saving, evaluating or logging an epoch"):
+                return _train(s, signals, progress)
         except Stopped as stop:
             raise Stopped(stop.signum, _resume_advice(str(stop), s.output_dir, progress["saved_epoch"])) from None
         finally:
@@ -249,21 +250,15 @@ def _train(s: Session, signals: StopSignals, progress: dict) -> dict:
 
 
 def _train_epoch(s: Session, epoch: int, stop_check, skipped: SkippedImages | None, signals: StopSignals) -> dict:
-    """One epoch of training. A stop signal sent to every process of the run (a process group, a SLURM step) also
-    ends the DataLoader workers, which fails the epoch's data loading: that is a stop too."""
+    """One epoch of training. A stop signal that also ended the DataLoader workers is a stop, not a failure."""
     args = s.args
     step = TrainStep(s.model, s.criterion, s.optimizer, args.clip_max_norm, precision=s.precision, ema=s.ema,
                      ema_source=s.model_without_ddp, host_check=True if args.official_paths else None)
-    try:
+    with signals.failures_after_a_signal_stop(f"during epoch {epoch} (the epoch is abandoned)",
+                                              keep=(NonFiniteLossError,)):
         return train_one_epoch(s.model, s.criterion, s.loaders.train, s.optimizer, torch.device(args.device), epoch,
                                args.clip_max_norm, args.print_freq, stop_check=stop_check, skipped=skipped,
                                step=step, read_every_step=args.official_paths, monitor=s.tensorboard)
-    except RuntimeError as exc:
-        if signals.received is None or isinstance(exc, (UserError, NonFiniteLossError)):
-            raise
-        name = signal.Signals(signals.received).name
-        raise Stopped(signals.received, f"stopped by {name} during epoch {epoch} (its DataLoader workers were "
-                                        "stopped too; the epoch is abandoned)") from exc
 
 
 def _resume_training(s: Session) -> tuple[int, dict]:

@@ -108,3 +108,35 @@ def test_a_second_signal_acts_at_once():
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("error", [RuntimeError("DataLoader worker (pid 1) exited unexpectedly"),
+                                   ConnectionResetError(104, "Connection reset by peer"), EOFError()])
+def test_a_lost_worker_after_a_signal_is_a_stop(error):
+    """SIGTERM to a process group ends the DataLoader workers too; which error the main process then reads depends
+    on timing (the race that made main.py exit with status 1 and 'error: [Errno 104] Connection reset by peer')."""
+    with StopSignals() as signals:
+        signal.raise_signal(signal.SIGTERM)
+        with pytest.raises(Stopped) as stop:
+            with signals.failures_after_a_signal_stop("during epoch 3"):
+                raise error
+    assert stop.value.exit_status == 128 + signal.SIGTERM
+    assert str(stop.value) == "stopped by SIGTERM during epoch 3 (its DataLoader workers were stopped too)"
+    assert stop.value.__cause__ is error
+
+
+def test_errors_without_a_signal_or_kept_by_type_are_raised_as_they_are():
+    class Kept(RuntimeError):
+        pass
+
+    with StopSignals() as signals:
+        with pytest.raises(ConnectionResetError):
+            with signals.failures_after_a_signal_stop("here"):
+                raise ConnectionResetError(104, "Connection reset by peer")
+        signal.raise_signal(signal.SIGTERM)
+        with pytest.raises(Kept):
+            with signals.failures_after_a_signal_stop("here", keep=(Kept,)):
+                raise Kept("a non-finite loss, say")
+        with pytest.raises(ValueError):  # not what a lost worker raises
+            with signals.failures_after_a_signal_stop("here"):
+                raise ValueError("a bug")

@@ -9,11 +9,17 @@ SLURM's requeue signal (SIGUSR2) do the stopping.
 """
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from util.distributed import any_process
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+# What reading from a DataLoader raises when its workers were ended under it: torch's own RuntimeError, or the broken
+# pipe's error (ConnectionResetError, EOFError, ...) when the read comes before torch has noticed the dead worker.
+_WORKER_LOSS_ERRORS = (RuntimeError, OSError, EOFError)
 
 
 class Stopped(Exception):
@@ -81,3 +87,18 @@ class StopSignals:
         if self.requested():
             signum = self.received or signal.SIGTERM  # another process received it
             raise Stopped(signum, f"stopped by {signal.Signals(signum).name} {where}")
+
+    @contextmanager
+    def failures_after_a_signal_stop(self, where: str, keep: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+        """Inside: once a stop signal was received, an error of a lost DataLoader worker ends the run as
+        :class:`Stopped` (its message saying ``where``) instead of as a failure. A signal sent to every process of the
+        run (a process group, a SLURM job step) ends the workers too, often before the main process reaches its
+        next check. Errors of the types in ``keep`` are raised as they are."""
+        try:
+            yield
+        except _WORKER_LOSS_ERRORS as exc:
+            if self.received is None or isinstance(exc, keep):
+                raise
+            name = signal.Signals(self.received).name
+            raise Stopped(self.received, f"stopped by {name} {where} (its DataLoader workers were stopped too)") \
+                from exc
