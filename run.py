@@ -21,6 +21,7 @@ from datasets.loaders import Loaders, build_loaders
 from engine import Evaluation, finish_epoch, summary_line, train_one_epoch
 from models import architecture, build_model
 from models.attention_weights import set_need_weights
+from models.frozen_norm_folding import fold_frozen_batchnorm
 from util import training_state
 from util.amp import Precision
 from util.checkpoint import remove_stale_temporaries, save_checkpoint
@@ -130,13 +131,17 @@ def prepare(args: argparse.Namespace) -> Session:
 def _choose_speed_paths(model: nn.Module, device: torch.device, args: argparse.Namespace) -> None:
     """``--channels_last``: the backbone's weights in channels_last memory format, so that its convolutions run
     channels_last (``auto``: on a GPU with ``--amp``, where tensor-core convolutions want it; not by default in
-    fp32, where its other rounding would move a seeded run away from the official one); ``--official_paths``: every
-    attention layer computes its weights, the backbone stays contiguous."""
+    fp32, where its other rounding would move a seeded run away from the official one); ``--fold_frozen_bn``: the
+    backbone's frozen norms applied inside their convolutions (``auto``: with ``--amp``, whose rounding already
+    differs); ``--official_paths``: every attention layer computes its weights, the backbone stays contiguous and
+    unfolded."""
     if args.official_paths:
         set_need_weights(model, True)
         return
     if args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda" and args.amp != "off"):
         model.backbone.to(memory_format=torch.channels_last)
+    if args.fold_frozen_bn == "on" or (args.fold_frozen_bn == "auto" and args.amp != "off"):
+        fold_frozen_batchnorm(model.backbone)
 
 
 def evaluate_only(s: Session) -> dict:
