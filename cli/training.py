@@ -52,8 +52,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        help="the official code's slower paths for the same math (for speed comparisons): for-loop "
                             "AdamW, attention weights computed and averaged, every loss term read every iteration, "
                             "contiguous backbone with unfolded norms (whatever --channels_last and --fold_frozen_bn "
-                            "say), no pinned memory or persistent "
-                            "workers")
+                            "say), no pinned memory or persistent workers")
     group.add_argument("--debug", action="store_true",
                        help="show the traceback of a failure the user can fix (as the environment variable "
                             "DETR_DEBUG=1 does), not only its one-line error")

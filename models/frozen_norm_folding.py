@@ -25,6 +25,11 @@ class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-channel ``s`` and ``b`` of ``x * s + b``, both ``[C]``, from the live buffers."""
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        return scale, self.bias - self.running_mean * scale
+
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.weight.shape[0]}, eps={self.eps}, applied by the convolution)"
 
@@ -35,9 +40,7 @@ class NormFoldedConv2d(nn.Conv2d):
     folded_norm: FoldedFrozenBatchNorm2d  # a plain attribute, not a submodule: the norm stays where it is registered
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm = self.folded_norm
-        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-        shift = norm.bias - norm.running_mean * scale
+        scale, shift = self.folded_norm.scale_and_shift()
         out = self._conv_forward(x, self.weight * scale.reshape(-1, 1, 1, 1), shift)
         # Under autocast the unfolded norm's fp32 buffers promote the half-precision convolution output to fp32;
         # keep that, so that the residual stream and the features keep their dtype.
