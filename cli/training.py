@@ -32,8 +32,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        help="also log losses, learning rates, gradient norm, speed, COCO AP/AR and validation "
                             "pictures as TensorBoard event files under OUTPUT_DIR/tensorboard")
     group.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
-                       help="mixed precision: autocast the model's forward (backbone, transformer, heads) to bf16 or "
-                            "fp16; the matcher, losses and box conversions stay fp32; fp16 adds a gradient scaler")
+                       help="mixed precision: autocast the model's forward (backbone, transformer) to bf16 or fp16; "
+                            "DETR's class and box heads, the matcher, losses and box conversions stay fp32; fp16 adds "
+                            "a gradient scaler")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the model (dynamic shapes); falls back to eager with one message where "
                             "it cannot compile")

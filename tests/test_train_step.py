@@ -1,6 +1,6 @@
 """The training step and its loss log: deferred reads give the per-step log, a non-finite step leaves the weights alone
-(fused optimiser, no host read) and stops the run naming it; --amp bf16/fp16 train with finite losses; attention
-through scaled_dot_product_attention equals the weights path and the maps stay available."""
+(fused optimiser, no host read) and stops the run naming it; --amp bf16/fp16 train with finite losses (DETR's heads
+in fp32); attention through scaled_dot_product_attention equals the weights path and the maps stay available."""
 import copy
 
 import pytest
@@ -133,6 +133,24 @@ def test_precision_casts_outputs_to_fp32_only_with_amp():
     assert Precision("off", torch.device("cpu")).to_fp32(outputs) is outputs
     with pytest.raises(ValueError, match="--amp"):
         Precision("fp8", torch.device("cpu"))
+
+
+def test_detr_heads_run_in_fp32_under_autocast(tiny_coco, tiny_args, batches):
+    """Under bf16 autocast the class and box heads see the decoder output in fp32 and compute in fp32: the
+    predictions equal the heads applied without autocast, and the boxes are not confined to bf16's grid."""
+    model, _, _ = _setup(tiny_coco, tiny_args)
+    model.eval()
+    samples, _ = batches[0]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        hs = model.decode(samples).hs
+        out = model.predict(hs)
+    with torch.no_grad():
+        expected = model.predict(hs.float())
+    assert out["pred_boxes"].dtype == torch.float32 and out["pred_logits"].dtype == torch.float32
+    assert torch.equal(out["pred_boxes"], expected["pred_boxes"])
+    assert torch.equal(out["pred_logits"], expected["pred_logits"])
+    boxes = out["pred_boxes"]
+    assert (boxes.bfloat16().float() != boxes).float().mean() > 0.9  # fp32 values, not bf16 ones stored in fp32
 
 
 def test_attention_without_weights_equals_the_official_path(tiny_coco, tiny_args, batches):
