@@ -151,6 +151,12 @@ def test_detr_heads_run_in_fp32_under_autocast(tiny_coco, tiny_args, batches):
     assert torch.equal(out["pred_logits"], expected["pred_logits"])
     boxes = out["pred_boxes"]
     assert (boxes.bfloat16().float() != boxes).float().mean() > 0.9  # fp32 values, not bf16 ones stored in fp32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        from_bf16 = model.predict(hs.bfloat16())  # a decoder output in bf16 is cast up before the heads
+    with torch.no_grad():
+        expected = model.predict(hs.bfloat16().float())
+    assert from_bf16["pred_boxes"].dtype == torch.float32
+    assert torch.equal(from_bf16["pred_boxes"], expected["pred_boxes"])
 
 
 def test_attention_without_weights_equals_the_official_path(tiny_coco, tiny_args, batches):

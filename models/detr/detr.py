@@ -74,7 +74,8 @@ class DETR(nn.Module):
     def predict(self, hs: Tensor) -> dict[str, Tensor]:
         """Class and box heads on decoder outputs ``[L, B, Q, D]``: the last layer's predictions, and the earlier
         layers' under ``aux_outputs`` when aux loss is on. Under autocast (``--amp``) the heads run in fp32: bf16 has
-        8 bits of mantissa, so a box coordinate near 0.5 could only move in steps of 1/256 of the image."""
+        8 bits of mantissa, so a box coordinate near 0.5 could only move in steps of 1/256 of the image (not in
+        TorchScript, which keeps the heads under autocast)."""
         if not torch.jit.is_scripting():
             if torch.is_autocast_enabled(hs.device.type):
                 with torch.autocast(hs.device.type, enabled=False):
