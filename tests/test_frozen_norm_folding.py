@@ -136,12 +136,6 @@ def test_folded_norm_passes_hooks_the_normalised_features():
     _close(seen["folded"], seen["plain"])
 
 
-@pytest.fixture(scope="module")
-def small_coco(tmp_path_factory):
-    from tools.data.synthetic import generate
-    return generate(tmp_path_factory.mktemp("fold_data"), num_train=8, num_val=4, image_size=64, seed=3)
-
-
 def test_autocast_keeps_the_unfolded_dtypes():
     """bf16 autocast: the unfolded norms promote each convolution's output back to fp32, and so does the fold."""
     plain = _resnet(name="resnet18")
@@ -153,6 +147,12 @@ def test_autocast_keeps_the_unfolded_dtypes():
         stem = folded.body.bn1(folded.body.conv1(images))
     assert plain_out.dtype == folded_out.dtype == stem.dtype == torch.float32
     torch.testing.assert_close(folded_out, plain_out, rtol=0.05, atol=0.05 * plain_out.abs().max().item())
+
+
+@pytest.fixture(scope="module")
+def small_coco(tmp_path_factory):
+    from tools.data.synthetic import generate
+    return generate(tmp_path_factory.mktemp("fold_data"), num_train=8, num_val=4, image_size=64, seed=3)
 
 
 def test_main_py_trains_folded_as_unfolded(small_coco, tiny_args, tmp_path, monkeypatch):

@@ -2,8 +2,8 @@
 
 The backbone, transformer and heads run under ``torch.autocast`` in bf16 or fp16 (DETR turns it off around its class
 and box heads: see ``DETR.predict``); the outputs are cast back to fp32 before the matcher, the losses and the box
-conversions see them. fp16 adds a gradient scaler (its overflow steps are
-skipped and the scale lowered, as ``torch.amp.GradScaler`` does); bf16 has fp32's range and needs none.
+conversions see them. fp16 adds a gradient scaler (its overflow steps are skipped and the scale lowered, as
+``torch.amp.GradScaler`` does); bf16 has fp32's range and needs none.
 """
 import contextlib
 
