@@ -73,3 +73,31 @@ def test_a_preset_alone_selects_its_architecture(preset, meta_arch):
     parser = argparse.ArgumentParser(parents=[cli.get_args_parser()])
     args = parse_args_with_config(parser, ["--config", preset])
     assert args.meta_arch == meta_arch
+
+
+HEAD_VARIANTS = {"detr": [], "deformable_detr": ["--with_box_refine", "--two_stage"], "dino": []}
+
+
+@pytest.mark.parametrize("meta_arch", sorted(FAMILY))
+def test_heads_compute_in_fp32_under_autocast(meta_arch):
+    """Under bf16 autocast every class and box head (decoder layers, box refinement, two-stage proposals) outputs
+    fp32, while the rest of the transformer runs in bf16; the outputs are fp32 in training and evaluation."""
+    model, _, _ = _build(meta_arch, *HEAD_VARIANTS[meta_arch])
+    seen = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            is_head = "class_embed" in name or "bbox_embed" in name
+            module.register_forward_hook(lambda m, i, o, is_head=is_head: seen.append((is_head, o.dtype)))
+    targets = [{"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.1, 0.1]])},
+               {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.4, 0.4, 0.3, 0.2]])}]
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        seen.clear()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = _forward(model, _images(), targets)
+        heads = {dtype for is_head, dtype in seen if is_head}
+        others = {dtype for is_head, dtype in seen if not is_head}
+        assert heads == {torch.float32}, (mode, heads)
+        assert torch.bfloat16 in others, mode  # autocast was on for the rest
+        assert out["pred_boxes"].dtype == out["pred_logits"].dtype == torch.float32
+        assert all(a["pred_boxes"].dtype == torch.float32 for a in out["aux_outputs"])

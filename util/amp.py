@@ -1,9 +1,9 @@
 """Mixed precision (``--amp``): autocast for the model's forward, fp32 for everything that reads its outputs.
 
-The backbone, transformer and heads run under ``torch.autocast`` in bf16 or fp16 (DETR turns it off around its class
-and box heads: see ``DETR.predict``); the outputs are cast back to fp32 before the matcher, the losses and the box
-conversions see them. fp16 adds a gradient scaler (its overflow steps are skipped and the scale lowered, as
-``torch.amp.GradScaler`` does); bf16 has fp32's range and needs none.
+The backbone and transformer run under ``torch.autocast`` in bf16 or fp16; every architecture turns it off around
+its class and box heads (``models/fp32_head.py``; DETR's in ``DETR.predict``); the outputs are cast back to fp32
+before the matcher, the losses and the box conversions see them. fp16 adds a gradient scaler (its overflow steps
+are skipped and the scale lowered, as ``torch.amp.GradScaler`` does); bf16 has fp32's range and needs none.
 """
 import contextlib
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.deformable_detr.deformable_transformer import DeformableTransformer, inverse_sigmoid
+from models.fp32_head import head_in_fp32
 from models.mlp import MLP
 from util.nested_tensor import NestedTensor, nested_tensor_from_tensor_list
 
@@ -117,8 +118,8 @@ class DeformableDETR(nn.Module):
         outputs_classes, outputs_coords = [], []
         for lvl in range(hs.shape[0]):
             reference = inverse_sigmoid(init_reference if lvl == 0 else inter_references[lvl - 1])
-            outputs_classes.append(self.class_embed[lvl](hs[lvl]))
-            delta = self.bbox_embed[lvl](hs[lvl])
+            outputs_classes.append(head_in_fp32(self.class_embed[lvl], hs[lvl]))
+            delta = head_in_fp32(self.bbox_embed[lvl], hs[lvl])
             if reference.shape[-1] == 4:
                 box = delta + reference
             else:  # reference points move the centre only

@@ -14,6 +14,7 @@ from models.activation import activation_fn
 from models.attention_weights import computes_weights, has_forward_hooks
 from models.deformable_detr.ms_deform_attn import MSDeformAttn, SpatialShapes, sizes_tensor
 from models.deformable_detr.token_positions import encoder_proposals, encoder_reference_points
+from models.fp32_head import head_in_fp32
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -137,8 +138,9 @@ class DeformableTransformer(nn.Module):
                                  f"{memory.shape[1]} encoder tokens (fewer --num_queries or larger images)")
             output_memory, output_proposals = self.gen_encoder_output_proposals(memory, mask_flatten, shapes)
             # the model's extra heads (after one per decoder layer) score and refine the proposals
-            enc_outputs_class = self.decoder.class_embed[self.decoder.num_layers](output_memory)
-            enc_outputs_coord_unact = self.decoder.bbox_embed[self.decoder.num_layers](output_memory) + output_proposals
+            enc_outputs_class = head_in_fp32(self.decoder.class_embed[self.decoder.num_layers], output_memory)
+            enc_outputs_coord_unact = (head_in_fp32(self.decoder.bbox_embed[self.decoder.num_layers], output_memory)
+                                       + output_proposals)
             topk_proposals = torch.topk(enc_outputs_class[..., 0], self.two_stage_num_proposals, dim=1)[1]
             topk_coords_unact = torch.gather(enc_outputs_coord_unact, 1, topk_proposals.unsqueeze(-1).repeat(1, 1, 4))
             topk_coords_unact = topk_coords_unact.detach()
@@ -297,7 +299,7 @@ class DeformableTransformerDecoder(nn.Module):
             output = layer(output, query_pos, reference_points_input, src, src_spatial_shapes, src_level_start_index,
                            src_padding_mask)
             if self.bbox_embed is not None:  # iterative refinement: this layer's box head moves the references
-                delta = self.bbox_embed[lid](output)
+                delta = head_in_fp32(self.bbox_embed[lid], output)
                 if reference_points.shape[-1] == 4:
                     new_reference_points = delta + inverse_sigmoid(reference_points)
                 else:  # points: the head's first two outputs move the centre, its size outputs are kept

@@ -11,6 +11,7 @@ from models.activation import activation_fn
 from models.attention_weights import computes_weights, has_forward_hooks
 from models.deformable_detr.ms_deform_attn import MSDeformAttn
 from models.dino.anchors import anchor_sine_embedding, inverse_sigmoid
+from models.fp32_head import head_in_fp32
 from models.mlp import MLP
 
 SELF_ATTENTION_TYPES = ("sa", "ca_label", "ca_content")
@@ -143,7 +144,7 @@ class Decoder(nn.Module):
             output = layer(output, query_pos, reference_points_input, memory, memory_padding_mask,
                            level_start_index, spatial_shapes, self_attn_mask)
             if self.bbox_embed is not None:
-                delta_unsig = self.bbox_embed[layer_id](output)
+                delta_unsig = head_in_fp32(self.bbox_embed[layer_id], output)
                 new_reference_points = (delta_unsig + inverse_sigmoid(reference_points)).sigmoid()
                 reference_points = new_reference_points.detach()
                 ref_points.append(reference_points if self.use_detached_boxes_dec_out else new_reference_points)

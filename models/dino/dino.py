@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from models.dino.anchors import inverse_sigmoid
 from models.dino.denoising import prepare_denoising, split_denoising_outputs
 from models.dino.transformer import DeformableTransformer
+from models.fp32_head import head_in_fp32
 from models.mlp import MLP
 from util.nested_tensor import NestedTensor, nested_tensor_from_tensor_list
 
@@ -143,9 +144,10 @@ class DINO(nn.Module):
         hs[0] = hs[0] + self.label_enc.weight[0, 0] * 0.0  # label_enc takes part in every graph (as official)
 
         outputs_coord = torch.stack([
-            (bbox_embed(layer_hs) + inverse_sigmoid(layer_ref)).sigmoid()
+            (head_in_fp32(bbox_embed, layer_hs) + inverse_sigmoid(layer_ref)).sigmoid()
             for bbox_embed, layer_hs, layer_ref in zip(self.bbox_embed, hs, result.references[:-1])])
-        outputs_class = torch.stack([class_embed(layer_hs) for class_embed, layer_hs in zip(self.class_embed, hs)])
+        outputs_class = torch.stack([head_in_fp32(class_embed, layer_hs)
+                                     for class_embed, layer_hs in zip(self.class_embed, hs)])
         dn_meta = None
         if dn is not None:
             dn_meta = dict(dn.meta)
@@ -155,7 +157,7 @@ class DINO(nn.Module):
                 dn_meta["output_known_lbs_bboxes"] = self._layer_outputs(dn_class, dn_coord)
         out = self._layer_outputs(outputs_class, outputs_coord)
         if result.hs_enc is not None:
-            interm_class = self.transformer.enc_out_class_embed(result.hs_enc[-1])
+            interm_class = head_in_fp32(self.transformer.enc_out_class_embed, result.hs_enc[-1])
             out["interm_outputs"] = {"pred_logits": interm_class, "pred_boxes": result.ref_enc[-1]}
             out["interm_outputs_for_matching_pre"] = {"pred_logits": interm_class,
                                                       "pred_boxes": result.init_box_proposal}

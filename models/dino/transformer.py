@@ -13,6 +13,7 @@ from models.dino.anchors import inverse_sigmoid, valid_ratios
 from models.dino.decoder import MODULES, Decoder, DecoderLayer
 from models.dino.encoder import Encoder
 from models.dino.query_selection import gather_tokens, top_k_tokens
+from models.fp32_head import head_in_fp32
 
 TWO_STAGE_TYPES = ("standard", "no")
 
@@ -139,8 +140,8 @@ class DeformableTransformer(nn.Module):
             learned_wh = self.two_stage_wh_embedding.weight[0] if self.two_stage_wh_embedding is not None else None
             output_memory, output_proposals = encoder_proposals(memory, mask_flatten, shapes, learned_wh)
             output_memory = self.enc_output_norm(self.enc_output(output_memory))
-            enc_class = self.enc_out_class_embed(output_memory)
-            enc_coord_unsig = self.enc_out_bbox_embed(output_memory) + output_proposals
+            enc_class = head_in_fp32(self.enc_out_class_embed, output_memory)
+            enc_coord_unsig = head_in_fp32(self.enc_out_bbox_embed, output_memory) + output_proposals
             topk = top_k_tokens(enc_class, self.num_queries)
             anchors_undetached = gather_tokens(enc_coord_unsig, topk)
             anchors = anchors_undetached.detach()
