@@ -5,7 +5,9 @@ While :class:`StopSignals` is active, the first such signal only records itself;
 :meth:`StopSignals.check` between steps and ends with :class:`Stopped`, leaving the last complete epoch's checkpoint
 as it is. A second signal of the same kind acts at once, as without the handler. A signal whose handler is not
 Python's default is left alone: under submitit (``run_with_submitit.py``) SIGTERM stays submitit's, which lets
-SLURM's requeue signal (SIGUSR2) do the stopping.
+SLURM's requeue signal (SIGUSR2) do the stopping. Once a stop signal is received, lost DataLoader workers no longer
+raise through torch's SIGCHLD handler (it is not put back); reads from them still fail, and inside
+:meth:`StopSignals.failures_after_a_signal_stop` such failures become :class:`Stopped`.
 """
 import signal
 import threading
@@ -73,6 +75,10 @@ class StopSignals:
             signal.raise_signal(signum)
             return
         self.received = signum
+        # torch's DataLoader watches for dead workers with a SIGCHLD handler that raises in whatever code runs next;
+        # the signal may have ended the workers too (a process group, a SLURM job step), so that alarm would fire
+        # anywhere on the way out, also after the epoch was abandoned. The run is stopping: turn it off, for good.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         print(f"{signal.Signals(signum).name} received: stopping after the current step (send it again to stop at "
               "once)", flush=True)
 
