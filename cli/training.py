@@ -33,7 +33,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                             "pictures as TensorBoard event files under OUTPUT_DIR/tensorboard")
     group.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
                        help="mixed precision: autocast the model's forward (backbone, transformer) to bf16 or fp16; "
-                            "DETR's class and box heads, the matcher, losses and box conversions stay fp32; fp16 adds "
+                            "the class and box heads, the matcher, losses and box conversions stay fp32; fp16 adds "
                             "a gradient scaler")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the model (dynamic shapes); falls back to eager with one message where "
