@@ -5,7 +5,7 @@ when nothing but rounding differs.
 
 Usage: python -m benchmarks.amp_accuracy [--preset configs/demo_cpu.yaml] [--seeds 42 43 44 45 46]
            [--arm fp32= --arm bf16="--amp bf16" --arm fp32_channels_last="--channels_last on"] [--margin 0.01]
-           [--jobs 2] [--threads 1] [--data data/synthetic] [--out outputs/amp_accuracy] [--no_write]
+           [--jobs 2] [--threads 1] [--data data/synthetic] [--out outputs/amp_accuracy] [--no_train] [--no_write]
 
 Each run is ``python main.py --config PRESET --seed S --eval_every 1 --auto_resume FLAGS`` into ``OUT/ARM/seedS``
 with ``OMP_NUM_THREADS=THREADS`` (a CPU run with one thread repeats to the last digit), ``--jobs`` at a time; a
@@ -16,6 +16,7 @@ inside +-margin, 'different' when the 95% interval excludes 0, else 'undecided' 
 the observed spread would need. Writes the table between the amp-accuracy markers of benchmarks/RESULTS.md.
 """
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -47,24 +48,34 @@ def parse_arm(text: str) -> tuple[str, list[str]]:
 
 
 def ap_by_epoch(run_dir: Path) -> list[float]:
-    """bbox AP after each evaluated epoch of a run folder's log.txt (empty when there is none)."""
+    """bbox AP after each evaluated epoch of a run folder's log.txt, in epoch order (empty when there is none); an
+    epoch logged twice (a run resumed from a checkpoint older than its log) counts once, the later line."""
     log = run_dir / "log.txt"
     if not log.is_file():
         return []
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return [line["test_coco_eval_bbox"][0] for line in lines if "test_coco_eval_bbox" in line]
+    by_epoch = {line["epoch"]: line["test_coco_eval_bbox"][0] for line in lines if "test_coco_eval_bbox" in line}
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 def train(preset: str, seed: int, flags: list[str], run_dir: Path, data: Path, threads: int) -> None:
     """One training run of ``preset`` in a child process with ``threads`` CPU threads; its output goes to
-    ``run_dir/stdout.txt``."""
+    ``run_dir/stdout.txt``. Refuses a folder that another process is training into (two runs writing one folder
+    would interleave their logs and checkpoints)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(run_dir / "train.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"{run_dir}: another process is training into this folder; wait for it, or use --no_train "
+                         "to report the finished runs only") from None
     command = [sys.executable, "main.py", "--config", preset, "--seed", str(seed), "--eval_every", "1",
                "--print_freq", "1000", "--auto_resume", "--coco_path", str(data), "--output_dir", str(run_dir),
                *flags]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with open(run_dir / "stdout.txt", "a") as out:
         result = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    lock.close()
     if result.returncode != 0:
         last = (run_dir / "stdout.txt").read_text().strip().splitlines()[-1:] or [""]
         raise SystemExit(f"{run_dir}: training failed (exit {result.returncode}): {last[0]} "
@@ -162,25 +173,34 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
     parser.add_argument("--data", default="data/synthetic")
     parser.add_argument("--out", default="outputs/amp_accuracy")
+    parser.add_argument("--no_train", action="store_true",
+                        help="train nothing: report the seeds whose runs have finished in every arm")
     parser.add_argument("--no_write", action="store_true", help="print the table; leave RESULTS.md")
     options = parser.parse_args(argv)
-    if len(options.seeds) < 2:
-        parser.error("--seeds: a paired comparison needs at least two seeds")
     arms = dict(parse_arm(text) for text in options.arms or DEFAULT_ARMS)
     if len(arms) < 2:
         parser.error("--arm: give a reference and at least one arm to compare with it")
     epochs = parse_args_with_config(argparse.ArgumentParser(parents=[cli.get_args_parser()]),
                                     ["--config", options.preset]).epochs
     out = Path(options.out)
-    data = generate(Path(options.data), num_train=2000, num_val=200, image_size=128, seed=0).resolve()
-    pending = [(name, seed) for name in arms for seed in options.seeds
-               if len(ap_by_epoch(out / name / f"seed{seed}")) < epochs]
-    with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-        list(pool.map(lambda job: train(options.preset, job[1], arms[job[0]], (out / job[0] / f"seed{job[1]}")
-                                        .resolve(), data, options.threads), pending))
-    curves = {name: [ap_by_epoch(out / name / f"seed{seed}") for seed in options.seeds] for name in arms}
+
+    def finished(name: str, seed: int) -> bool:
+        return len(ap_by_epoch(out / name / f"seed{seed}")) >= epochs
+
+    seeds = options.seeds
+    if options.no_train:
+        seeds = [seed for seed in seeds if all(finished(name, seed) for name in arms)]
+    else:
+        data = generate(Path(options.data), num_train=2000, num_val=200, image_size=128, seed=0).resolve()
+        pending = [(name, seed) for name in arms for seed in seeds if not finished(name, seed)]
+        with ThreadPoolExecutor(max_workers=options.jobs) as pool:
+            list(pool.map(lambda job: train(options.preset, job[1], arms[job[0]], (out / job[0] / f"seed{job[1]}")
+                                            .resolve(), data, options.threads), pending))
+    if len(seeds) < 2:
+        parser.error(f"--seeds: a paired comparison needs at least two seeds finished in every arm, got {seeds}")
+    curves = {name: [ap_by_epoch(out / name / f"seed{seed}") for seed in seeds] for name in arms}
     machine = f"{options.threads} thread{'s' if options.threads > 1 else ''} per run, {options.jobs} at a time"
-    text = table(options.preset, options.seeds, arms, curves, options.margin, machine)
+    text = table(options.preset, seeds, arms, curves, options.margin, machine)
     print(text)
     if not options.no_write:
         write_results(text)

@@ -1,5 +1,6 @@
 """benchmarks/amp_accuracy.py: the paired statistics against scipy and hand-computed cases, the run folders it
 reads, and one real training run through the command line it builds."""
+import fcntl
 import json
 import math
 
@@ -7,7 +8,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from benchmarks.amp_accuracy import ap_by_epoch, divergence_by_epoch, paired_summary, parse_arm, table, train
+from benchmarks.amp_accuracy import ap_by_epoch, divergence_by_epoch, main, paired_summary, parse_arm, table, train
 from tests.conftest import TINY_FLAGS
 
 
@@ -57,6 +58,38 @@ def test_ap_by_epoch_reads_evaluated_epochs_only(tmp_path):
              {"epoch": 2, "train_loss": 1.0, "test_coco_eval_bbox": [0.3] + [0.0] * 11}]
     (tmp_path / "log.txt").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     assert ap_by_epoch(tmp_path) == [0.1, 0.3]
+    resumed = {"epoch": 2, "train_loss": 1.0, "test_coco_eval_bbox": [0.35] + [0.0] * 11}  # epoch 2 logged again
+    with open(tmp_path / "log.txt", "a") as log:
+        log.write(json.dumps(resumed) + "\n")
+    assert ap_by_epoch(tmp_path) == [0.1, 0.35]
+
+
+def write_log(run_dir, aps):
+    run_dir.mkdir(parents=True)
+    lines = [{"epoch": e, "test_coco_eval_bbox": [ap] + [0.0] * 11} for e, ap in enumerate(aps)]
+    (run_dir / "log.txt").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_no_train_reports_the_seeds_finished_in_every_arm(tmp_path):
+    for seed, (a, b) in {1: (0.50, 0.52), 2: (0.60, 0.57), 3: (0.55, 0.56)}.items():
+        write_log(tmp_path / "ref" / f"seed{seed}", [0.1] * 15 + [a])
+        write_log(tmp_path / "cand" / f"seed{seed}", [0.1] * 15 + [b])
+    write_log(tmp_path / "ref" / "seed4", [0.1] * 16)
+    write_log(tmp_path / "cand" / "seed4", [0.1] * 9)  # unfinished: left out
+    text = main(["--seeds", "1", "2", "3", "4", "--arm", "ref=", "--arm", "cand=--amp bf16", "--out", str(tmp_path),
+                 "--no_train", "--no_write"])
+    assert "| arm | 1 | 2 | 3 | mean ± sd |" in text
+    assert "| cand - ref | +0.020 | -0.030 | +0.010 | +0.000 ± 0.026 |" in text
+
+
+def test_train_refuses_a_folder_another_process_trains_into(tmp_path, tiny_coco):
+    run_dir = tmp_path / "busy"
+    run_dir.mkdir()
+    with open(run_dir / "train.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(SystemExit, match="another process is training into this folder"):
+            train("configs/demo_cpu.yaml", 0, TINY_FLAGS, run_dir, tiny_coco, threads=1)
+    assert not (run_dir / "log.txt").exists()
 
 
 def test_divergence_and_table():
