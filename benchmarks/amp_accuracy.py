@@ -11,9 +11,9 @@ Each run is ``python main.py --config PRESET --seed S --eval_every 1 --auto_resu
 with ``OMP_NUM_THREADS=THREADS`` (a CPU run with one thread repeats to the last digit), ``--jobs`` at a time; a
 folder that already holds a finished run is read back, an interrupted one resumes. For each arm against the first,
 prints the final AP per seed, the paired differences with their 95% interval, and the verdict of a two one-sided
-tests (TOST) equivalence check at ``--margin``: 'equivalent' when the 90% interval of the mean difference lies
-inside +-margin, 'different' when the 95% interval excludes 0, else 'undecided' with the number of seed pairs that
-the observed spread would need. Writes the table between the amp-accuracy markers of benchmarks/RESULTS.md.
+tests (TOST) equivalence check at ``--margin`` ('equivalent' when the 90% interval of the mean difference lies
+inside +-margin; see ``paired_summary``) and the number of seed pairs that would show equivalence with 80%
+probability at the observed mean and spread. Writes the table between the amp-accuracy markers of benchmarks/RESULTS.md.
 """
 import argparse
 import fcntl
@@ -58,37 +58,56 @@ def ap_by_epoch(run_dir: Path) -> list[float]:
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
-def train(preset: str, seed: int, flags: list[str], run_dir: Path, data: Path, threads: int) -> None:
-    """One training run of ``preset`` in a child process with ``threads`` CPU threads; its output goes to
-    ``run_dir/stdout.txt``. Refuses a folder that another process is training into (two runs writing one folder
-    would interleave their logs and checkpoints)."""
+def train(preset: str, seed: int, flags: list[str], run_dir: Path, data: Path, threads: int, epochs: int) -> None:
+    """One training run of ``preset`` in a child process with ``threads`` CPU threads, unless ``run_dir`` already
+    holds ``epochs`` evaluated epochs once its lock is held; the output goes to ``run_dir/stdout.txt``. Refuses a
+    folder that another process is training into (two runs writing one folder would interleave their logs and
+    checkpoints)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(run_dir / "train.lock", "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise SystemExit(f"{run_dir}: another process is training into this folder; wait for it, or use --no_train "
-                         "to report the finished runs only") from None
-    command = [sys.executable, "main.py", "--config", preset, "--seed", str(seed), "--eval_every", "1",
-               "--print_freq", "1000", "--auto_resume", "--coco_path", str(data), "--output_dir", str(run_dir),
-               *flags]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    with open(run_dir / "stdout.txt", "a") as out:
-        result = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    lock.close()
+    with open(run_dir / "train.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"{run_dir}: another process is training into this folder; wait for it, or use "
+                             "--no_train to report the finished runs only") from None
+        if len(ap_by_epoch(run_dir)) >= epochs:
+            return
+        command = [sys.executable, "main.py", "--config", preset, "--seed", str(seed), "--eval_every", "1",
+                   "--print_freq", "1000", "--auto_resume", "--coco_path", str(data), "--output_dir", str(run_dir),
+                   *flags]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        with open(run_dir / "stdout.txt", "a") as out:
+            result = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         last = (run_dir / "stdout.txt").read_text().strip().splitlines()[-1:] or [""]
         raise SystemExit(f"{run_dir}: training failed (exit {result.returncode}): {last[0]} "
                          f"(whole output: {run_dir / 'stdout.txt'})")
 
 
-def paired_summary(reference: list[float], candidate: list[float], margin: float) -> dict:
+def train_all(jobs: list[tuple[str, int, list[str], Path]], preset: str, data: Path, threads: int, epochs: int,
+              workers: int) -> None:
+    """Train each (arm, seed, flags, run folder) job, ``workers`` at a time; the first failure cancels the jobs
+    not yet started and is raised once the running ones end."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(train, preset, seed, flags, run_dir, data, threads, epochs)
+                   for _, seed, flags, run_dir in jobs]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
+def paired_summary(reference: list[float], candidate: list[float], margin: float, power: float = 0.8) -> dict:
     """Paired comparison of two arms' final AP over the same seeds (at least two).
 
     Returns the differences candidate - reference, their mean and sd, the 95% t interval of the mean, the 90% t
-    interval (the TOST equivalence check at 5% on each side), the verdict ('equivalent', 'different' or
-    'undecided') and ``pairs_needed``: how many pairs would put the 90% interval inside +-margin if the mean and sd
-    stayed as observed (None when the mean itself is at or beyond the margin)."""
+    interval (the TOST equivalence check at 5% on each side), the verdict and ``pairs_needed``. Verdicts:
+    'equivalent' (the 90% interval inside +-margin), 'beyond the margin' (the 90% interval wholly outside it),
+    'different' (the 95% interval excludes 0), else 'undecided'. ``pairs_needed``: how many pairs give the TOST
+    check probability ``power`` of showing equivalence if the true difference and sd are the observed ones (None
+    when the mean is at or beyond the margin)."""
     diffs = [c - r for r, c in zip(reference, candidate, strict=True)]
     n = len(diffs)
     mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
@@ -97,6 +116,8 @@ def paired_summary(reference: list[float], candidate: list[float], margin: float
     ci90 = (mean - stats.t.ppf(0.95, n - 1) * se, mean + stats.t.ppf(0.95, n - 1) * se)
     if -margin < ci90[0] and ci90[1] < margin:
         verdict = "equivalent"
+    elif ci90[0] > margin or ci90[1] < -margin:
+        verdict = "beyond the margin"
     elif ci95[0] > 0 or ci95[1] < 0:
         verdict = "different"
     else:
@@ -104,8 +125,12 @@ def paired_summary(reference: list[float], candidate: list[float], margin: float
     pairs_needed = None
     if abs(mean) < margin:
         room = margin - abs(mean)
-        pairs_needed = max(2, math.ceil((stats.norm.ppf(0.95) * sd / room) ** 2))  # t > z: count up from here
-        while stats.t.ppf(0.95, pairs_needed - 1) * sd / math.sqrt(pairs_needed) >= room:
+        # at a true difference of 0 both one-sided tests can fail, so each gets half of the miss probability
+        miss = (1 - power) / 2 if mean == 0 else 1 - power
+        z = stats.norm.ppf(0.95) + stats.norm.ppf(1 - miss)
+        pairs_needed = max(2, math.ceil((z * sd / room) ** 2))  # the t version needs at least this many
+        while (stats.t.ppf(0.95, pairs_needed - 1) + stats.t.ppf(1 - miss, pairs_needed - 1)) * sd \
+                / math.sqrt(pairs_needed) > room:
             pairs_needed += 1
     return {"diffs": diffs, "mean": mean, "sd": sd, "ci95": ci95, "ci90": ci90, "verdict": verdict,
             "pairs_needed": pairs_needed}
@@ -134,7 +159,7 @@ def table(preset: str, seeds: list[int], arms: dict[str, list[str]], curves: dic
     for name, s in summaries.items():
         lines.append(f"| {name} - {reference} | " + " | ".join(f"{d:+.3f}" for d in s["diffs"])
                      + f" | {s['mean']:+.3f} ± {s['sd']:.3f} |")
-    lines += ["", f"| difference | mean | 95% interval | 90% interval | verdict at ±{margin} | pairs needed |",
+    lines += ["", f"| difference | mean | 95% interval | 90% interval | verdict at ±{margin} | pairs for 80% power |",
               "| --- | --- | --- | --- | --- | --- |"]
     for name, s in summaries.items():
         lines.append(f"| {name} - {reference} | {s['mean']:+.4f} | {s['ci95'][0]:+.3f} .. {s['ci95'][1]:+.3f} | "
@@ -192,14 +217,14 @@ def main(argv: list[str] | None = None) -> str:
         seeds = [seed for seed in seeds if all(finished(name, seed) for name in arms)]
     else:
         data = generate(Path(options.data), num_train=2000, num_val=200, image_size=128, seed=0).resolve()
-        pending = [(name, seed) for name in arms for seed in seeds if not finished(name, seed)]
-        with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-            list(pool.map(lambda job: train(options.preset, job[1], arms[job[0]], (out / job[0] / f"seed{job[1]}")
-                                            .resolve(), data, options.threads), pending))
+        pending = [(name, seed, arms[name], (out / name / f"seed{seed}").resolve())
+                   for name in arms for seed in seeds if not finished(name, seed)]
+        train_all(pending, options.preset, data, options.threads, epochs, options.jobs)
     if len(seeds) < 2:
         parser.error(f"--seeds: a paired comparison needs at least two seeds finished in every arm, got {seeds}")
     curves = {name: [ap_by_epoch(out / name / f"seed{seed}") for seed in seeds] for name in arms}
-    machine = f"{options.threads} thread{'s' if options.threads > 1 else ''} per run, {options.jobs} at a time"
+    machine = (f"runs read back from {out}" if options.no_train else
+               f"{options.threads} thread{'s' if options.threads > 1 else ''} per run, {options.jobs} at a time")
     text = table(options.preset, seeds, arms, curves, options.margin, machine)
     print(text)
     if not options.no_write:

@@ -2,8 +2,8 @@
 reads, and one real training run through the command line it builds."""
 import fcntl
 import json
-import math
 
+import numpy as np
 import pytest
 import yaml
 from scipy import stats
@@ -29,18 +29,32 @@ def test_verdicts():
     base = [0.5, 0.6, 0.55, 0.58]
     close = paired_summary(base, [b + d for b, d in zip(base, [0.001, -0.001, 0.002, 0.0])], margin=0.01)
     assert close["verdict"] == "equivalent"
-    worse = paired_summary(base, [b + d for b, d in zip(base, [-0.05, -0.06, -0.055, -0.052])], margin=0.01)
-    assert worse["verdict"] == "different"
+    worse = paired_summary(base, [b + d for b, d in zip(base, [-0.010, -0.012, -0.008, -0.011])], margin=0.01)
+    assert worse["verdict"] == "different"  # below 0 for sure, but not surely beyond the margin
     noisy = paired_summary(base, [b + d for b, d in zip(base, [0.05, -0.05, 0.03, -0.02])], margin=0.01)
     assert noisy["verdict"] == "undecided"
+    far = paired_summary(base, [b + d for b, d in zip(base, [-0.05, -0.06, -0.055, -0.052])], margin=0.04)
+    assert far["verdict"] == "beyond the margin"
 
 
-def test_pairs_needed_is_the_first_count_whose_90_percent_interval_fits_the_margin():
-    summary = paired_summary([0.0, 0.0, 0.0], [0.02, -0.02, 0.01], margin=0.01)
-    n, sd, room = summary["pairs_needed"], summary["sd"], 0.01 - abs(summary["mean"])
-    assert sd == pytest.approx(math.sqrt(((0.02 - 1 / 300) ** 2 + (0.02 + 1 / 300) ** 2 + (0.01 - 1 / 300) ** 2) / 2))
-    assert stats.t.ppf(0.95, n - 1) * sd / math.sqrt(n) < room
-    assert stats.t.ppf(0.95, n - 2) * sd / math.sqrt(n - 1) >= room
+@pytest.mark.parametrize("true_mean", [0.0, 0.004])
+def test_pairs_needed_gives_the_tost_check_80_percent_power(true_mean):
+    """Simulated paired differences with the observed mean and sd: at ``pairs_needed`` pairs, the 90% interval
+    falls inside the margin in about 80% of trials, at half as many far less often."""
+    sd = 0.06
+    observed = [true_mean + sd * z for z in (1.0, -1.0, 0.0)]  # mean true_mean, sd exactly 0.06
+    n = paired_summary([0.0] * 3, observed, margin=0.01)["pairs_needed"]
+    assert n > 50
+    rng = np.random.default_rng(0)
+
+    def success_rate(pairs):
+        diffs = rng.normal(true_mean, sd, size=(4000, pairs))
+        half = stats.t.ppf(0.95, pairs - 1) * diffs.std(axis=1, ddof=1) / np.sqrt(pairs)
+        mean = diffs.mean(axis=1)
+        return np.mean((mean - half > -0.01) & (mean + half < 0.01))
+
+    assert 0.76 <= success_rate(n) <= 0.85
+    assert success_rate(n // 2) < 0.6
 
 
 def test_parse_arm():
@@ -88,8 +102,15 @@ def test_train_refuses_a_folder_another_process_trains_into(tmp_path, tiny_coco)
     with open(run_dir / "train.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(SystemExit, match="another process is training into this folder"):
-            train("configs/demo_cpu.yaml", 0, TINY_FLAGS, run_dir, tiny_coco, threads=1)
+            train("configs/demo_cpu.yaml", 0, TINY_FLAGS, run_dir, tiny_coco, threads=1, epochs=1)
     assert not (run_dir / "log.txt").exists()
+
+
+def test_train_leaves_a_finished_folder_alone(tmp_path, tiny_coco):
+    write_log(tmp_path / "done", [0.2, 0.4])
+    train("no_such_preset.yaml", 0, [], tmp_path / "done", tiny_coco, threads=1, epochs=2)  # would fail if run
+    assert not (tmp_path / "done" / "stdout.txt").exists()
+    assert ap_by_epoch(tmp_path / "done") == [0.2, 0.4]
 
 
 def test_divergence_and_table():
@@ -106,9 +127,9 @@ def test_divergence_and_table():
 def test_train_runs_main_py_with_the_arm_flags(tmp_path, tiny_coco):
     run_dir = tmp_path / "bf16" / "seed0"
     with pytest.raises(SystemExit, match="backbone_trainable_layers must be in 0..4"):  # demo_cpu: layer3
-        train("configs/demo_cpu.yaml", 0, TINY_FLAGS, tmp_path / "bad", tiny_coco, threads=1)
+        train("configs/demo_cpu.yaml", 0, TINY_FLAGS, tmp_path / "bad", tiny_coco, threads=1, epochs=1)
     flags = [*TINY_FLAGS, "--feature_layer", "layer4", "--epochs", "1", "--amp", "bf16"]
-    train("configs/demo_cpu.yaml", 0, flags, run_dir, tiny_coco, threads=1)
+    train("configs/demo_cpu.yaml", 0, flags, run_dir, tiny_coco, threads=1, epochs=1)
     aps = ap_by_epoch(run_dir)
     assert len(aps) == 1 and 0.0 <= aps[0] <= 1.0
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
