@@ -30,11 +30,11 @@ from pathlib import Path
 from scipy import stats
 
 import cli
+from benchmarks.results_section import write_section
 from tools.data.synthetic import generate
 from util.config import parse_args_with_config
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- amp-accuracy:begin -->", "<!-- amp-accuracy:end -->"
 DEFAULT_ARMS = ["fp32=", "bf16=--amp bf16", "fp32_channels_last=--channels_last on"]
 
@@ -176,16 +176,6 @@ def table(preset: str, seeds: list[int], arms: dict[str, list[str]], curves: dic
     return "\n".join(lines + ["", END])
 
 
-def write_results(text: str) -> None:
-    results = HERE / "RESULTS.md"
-    current = results.read_text()
-    if BEGIN in current:
-        current = current[: current.index(BEGIN)] + text + current[current.index(END) + len(END):]
-    else:
-        current = current.rstrip() + "\n\n## Mixed precision and accuracy\n\n" + text + "\n"
-    results.write_text(current)
-
-
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser("Paired accuracy of precision flags over seeds")
     parser.add_argument("--preset", default="configs/demo_cpu.yaml")
@@ -228,7 +218,7 @@ def main(argv: list[str] | None = None) -> str:
     text = table(options.preset, seeds, arms, curves, options.margin, machine)
     print(text)
     if not options.no_write:
-        write_results(text)
+        write_section(text, BEGIN, END, "Mixed precision and accuracy")
     return text
 
 

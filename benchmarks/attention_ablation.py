@@ -24,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import cli
 from benchmarks.benchmark import hardware, measure
+from benchmarks.results_section import write_section
 from models import build_model
 from models.attention import ATTENTION
 from models.attention_weights import set_need_weights
@@ -117,14 +118,7 @@ def table(rows: list[dict], command: str) -> str:
 
 
 def write_results(rows: list[dict], command: str) -> None:
-    results = HERE / "RESULTS.md"
-    text = results.read_text() if results.exists() else "# Benchmark results\n"
-    block = table(rows, command)
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n## Backbone attention ablation (synthetic data, CPU demo preset)\n\n" + block + "\n"
-    results.write_text(text)
+    write_section(table(rows, command), BEGIN, END, "Backbone attention ablation (synthetic data, CPU demo preset)")
 
 
 def plot(rows: list[dict], path: Path) -> None:

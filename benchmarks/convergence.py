@@ -21,6 +21,7 @@ import torch
 
 import cli
 from benchmarks.benchmark import hardware, measure
+from benchmarks.results_section import write_section
 from run import run
 from tools.data.synthetic import generate
 from util.config import parse_args_with_config
@@ -116,16 +117,6 @@ def table(summaries: list[dict], target: float, machine: str) -> str:
     return "\n".join(lines + ["", END])
 
 
-def write_results(text: str) -> None:
-    results = HERE / "RESULTS.md"
-    current = results.read_text()
-    if BEGIN in current:
-        current = current[: current.index(BEGIN)] + text + current[current.index(END) + len(END):]
-    else:
-        current = current.rstrip() + "\n\n## Convergence on the synthetic data\n\n" + text + "\n"
-    results.write_text(current)
-
-
 def plot(summaries: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -168,7 +159,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(text)
     if not options.no_write:
         (HERE / "convergence.json").write_text(json.dumps(summaries, indent=1))
-        write_results(text)
+        write_section(text, BEGIN, END, "Convergence on the synthetic data")
         plot(summaries, HERE / "convergence.png")
     return summaries
 
