@@ -7,19 +7,54 @@ Deformable DETR and DINO publish their weights on Google Drive only, which torch
 from the page the error message names and pass ``checkpoint=PATH`` (a local file or an https URL).
 """
 import argparse
+import contextlib
+import sys
 from pathlib import Path
 
 import torch
 
-import cli
-from models import build_model
-from models.backbone import Backbone, Joiner
-from models.detr import DETR, PostProcess
-from models.detr.segmentation import DETRsegm, PostProcessPanoptic, coco_panoptic_is_thing_map
-from models.detr.transformer import Transformer
-from models.position_encoding import PositionEmbeddingSine
-from util.checkpoint import load_checkpoint
-from util.config import parse_args_with_config
+REPOSITORY = Path(__file__).resolve().parent
+OWN_PACKAGES = ("cli", "datasets", "evaluation", "models", "util")  # the top-level packages this file imports
+
+
+def _is_ours(module) -> bool:
+    """Whether ``module`` was imported from this repository (a namespace package by its search path)."""
+    places = [getattr(module, "__file__", None), *getattr(module, "__path__", [])]
+    return any(place is not None and Path(place).resolve().is_relative_to(REPOSITORY) for place in places)
+
+
+@contextlib.contextmanager
+def _own_packages_first():
+    """Import this repository's packages even where same-named ones were imported first (Hugging Face's
+    ``datasets`` in a notebook, say): those are set aside while ours import, then put back, so that the caller's
+    ``import datasets`` still finds theirs; our modules keep references to each other."""
+    def holds(name: str) -> bool:
+        return name.split(".")[0] in OWN_PACKAGES
+
+    foreign = {name: module for name, module in sys.modules.items() if holds(name) and not _is_ours(module)}
+    for name in foreign:
+        del sys.modules[name]
+    sys.path.insert(0, str(REPOSITORY))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(REPOSITORY))
+        if foreign:
+            for name in [name for name in sys.modules if holds(name)]:
+                del sys.modules[name]
+            sys.modules.update(foreign)
+
+
+with _own_packages_first():
+    import cli  # noqa: E402
+    from models import build_model  # noqa: E402
+    from models.backbone import Backbone, Joiner  # noqa: E402
+    from models.detr import DETR, PostProcess  # noqa: E402
+    from models.detr.segmentation import DETRsegm, PostProcessPanoptic, coco_panoptic_is_thing_map  # noqa: E402
+    from models.detr.transformer import Transformer  # noqa: E402
+    from models.position_encoding import PositionEmbeddingSine  # noqa: E402
+    from util.checkpoint import load_checkpoint  # noqa: E402
+    from util.config import parse_args_with_config  # noqa: E402
 
 dependencies = ["torch", "torchvision", "scipy"]
 
@@ -116,7 +151,7 @@ def detr_resnet101_panoptic(pretrained: bool = False, num_classes: int = PANOPTI
                          return_postprocessor)
 
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIGS = REPOSITORY / "configs"
 # entry -> (preset, official COCO val AP, where the official checkpoint is published)
 PRESET_MODELS = {
     "deformable_detr_resnet50": ("deformable_detr.yaml", 44.5,

@@ -17,6 +17,7 @@ from torch import nn
 import cli
 from datasets import RunData, build_run_data
 from datasets.bad_images import SkippedImages
+from datasets.coco import IMAGENET_MEAN, IMAGENET_STD
 from datasets.loaders import Loaders, build_loaders
 from engine import Evaluation, finish_epoch, summary_line, train_one_epoch
 from models import architecture, build_model
@@ -193,7 +194,7 @@ def _open_tensorboard(s: Session):
         raise UserError(f"--tensorboard needs the tensorboard package (pip install -r requirements.txt): "
                         f"{exc}") from exc
     names = {int(k): str(c.get("name", k)) for k, c in s.data.coco_ground_truth.cats.items()}
-    return TensorBoardLog(s.output_dir / "tensorboard", names)
+    return TensorBoardLog(s.output_dir / "tensorboard", names, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
 
 
 def _resume_advice(stopped: str, output_dir: Path | None, saved_epoch: int | None) -> str:

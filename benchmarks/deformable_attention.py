@@ -18,7 +18,7 @@ import time
 import torch
 
 from benchmarks.benchmark import hardware
-from models.deformable_detr.ms_deform_attn import MSDeformAttn
+from models.layers.ms_deform_attn import MSDeformAttn
 
 
 def level_shapes(height: int, width: int) -> list[tuple[int, int]]:

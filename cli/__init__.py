@@ -3,6 +3,10 @@
 ``get_args_parser()`` returns the whole parser (every official DETR flag with its official default, plus each
 registered architecture's flags); ``parse_args(argv)`` applies ``--config`` presets and checks the result; errors
 name the flag (or the preset file and key).
+
+Every flag has one owner: the shared schema (the topics below) or one architecture (its own argument group). A flag
+owned by another architecture than ``--meta_arch``, or a shared flag the architecture declares it does not read
+(``Architecture.unused_shared_flags``), is an error when changed from its default, instead of being ignored.
 """
 import argparse
 
@@ -37,8 +41,49 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def flag_owners() -> dict[str, str]:
+    """dest -> name of the architecture whose argument group defines the flag (shared flags are absent)."""
+    owners: dict[str, str] = {}
+    for arch in ARCHITECTURES.values():
+        parser = argparse.ArgumentParser(add_help=False)
+        arch.add_flags(parser)
+        owners.update({action.dest: arch.name for action in parser._actions})
+    return owners
+
+
+def _option(parser: argparse.ArgumentParser, dest: str, value) -> str:
+    """The option that sets ``dest`` to ``value`` (``--no_use_dn`` for False), else the flag's first option."""
+    actions = [a for a in parser._actions if a.dest == dest and a.option_strings]
+    chosen = next((a for a in actions if a.const is not None and a.const == value), actions[0])
+    return chosen.option_strings[0]
+
+
+def check_flag_owners(args: argparse.Namespace) -> None:
+    """Raise ValueError naming a flag changed from its default (on the command line or in a preset) that
+    ``--meta_arch`` would ignore: another architecture's own flag (checked first: a preset of another
+    architecture), or a shared flag it does not read."""
+    arch = architecture(args.meta_arch)
+    defaults = get_args_parser()
+    owners = flag_owners()
+    unused = {name: set(a.unused_shared_flags) for name, a in ARCHITECTURES.items()}
+    changed = [a.dest for a in defaults._actions
+               if hasattr(args, a.dest) and getattr(args, a.dest) != defaults.get_default(a.dest)]
+    for dest in changed:
+        owner = owners.get(dest)
+        if owner is not None and owner != arch.name:
+            raise ValueError(f"{_option(defaults, dest, getattr(args, dest))} is a flag of --meta_arch {owner}; "
+                             f"--meta_arch {arch.name} does not read it")
+    for dest in changed:
+        if dest not in owners and dest in unused[arch.name]:
+            readers = [name for name in ARCHITECTURES if dest not in unused[name]]
+            raise ValueError(f"{_option(defaults, dest, getattr(args, dest))} is not read by --meta_arch "
+                             f"{arch.name} (it is read by {', '.join(readers) or 'no architecture'})")
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Raise ValueError naming the first flag whose value cannot be used (alone or with the others)."""
+    model.check(args)  # --meta_arch first: the other checks depend on the architecture
+    check_flag_owners(args)
     for topic in TOPICS:
         topic.check(args)
     architecture(args.meta_arch).check_flags(args)

@@ -2,7 +2,7 @@
 import argparse
 
 from models.attention import ATTENTION
-from models.backbone_attention import make_plan
+from models.backbone_attention import PlanError, make_plan
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +20,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        help="learning rate of the backbone attention blocks (1e-4: see benchmarks/RESULTS.md)")
 
 
+PLAN_FLAGS = {"name": "--backbone_attn", "position": "--attn_position", "stages": "--attn_stages"}
+
+
 def check(args: argparse.Namespace) -> None:
     """The block, stages and position must fit together and the backbone (errors name the flag)."""
-    make_plan(args.backbone_attn, args.attn_stages, args.attn_position, int(args.feature_layer[-1]))
+    try:
+        make_plan(args.backbone_attn, args.attn_stages, args.attn_position, int(args.feature_layer[-1]))
+    except PlanError as exc:
+        raise ValueError(f"{PLAN_FLAGS[exc.argument]}: {exc}") from None

@@ -1,9 +1,9 @@
-"""Flags of multi-scale deformable attention, shared by the architectures built on it (Deformable DETR, DINO)."""
+"""Flags of multi-scale deformable attention, shared by the architectures built on it."""
 import argparse
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("multi-scale deformable attention (--meta_arch deformable_detr, dino)")
+    group = parser.add_argument_group("multi-scale deformable attention")
     group.add_argument("--num_feature_levels", default=4, type=int,
                        help="feature levels the transformer reads: 1 (the last backbone stage) or the backbone "
                             "stages read plus extra stride-2 levels")

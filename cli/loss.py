@@ -9,8 +9,6 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--set_cost_class", default=1, type=float, help="class coefficient in the matching cost")
     group.add_argument("--set_cost_bbox", default=5, type=float, help="L1 box coefficient in the matching cost")
     group.add_argument("--set_cost_giou", default=2, type=float, help="giou box coefficient in the matching cost")
-    group.add_argument("--mask_loss_coef", default=1, type=float)
-    group.add_argument("--dice_loss_coef", default=1, type=float)
     group.add_argument("--bbox_loss_coef", default=5, type=float)
     group.add_argument("--giou_loss_coef", default=2, type=float)
     group.add_argument("--cls_loss_coef", default=2, type=float,

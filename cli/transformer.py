@@ -13,6 +13,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dropout", default=0.1, type=float, help="dropout applied in the transformer")
     group.add_argument("--nheads", default=8, type=int, help="number of attention heads inside the attentions")
     group.add_argument("--num_queries", default=100, type=int, help="number of query slots")
+    group.add_argument("--pre_norm", action="store_true", help="layer norm before (not after) each transformer block")
 
 
 def check(args: argparse.Namespace) -> None:

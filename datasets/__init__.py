@@ -11,13 +11,6 @@ import torch.utils.data
 from pycocotools.coco import COCO
 
 DATASET_CHOICES = ("coco", "coco_panoptic")
-OFFICIAL_NUM_CLASSES = {"coco": 91, "coco_panoptic": 250}  # the official checkpoints' classifier sizes
-
-
-def official_num_classes(dataset_file: str) -> int:
-    """The class count the official models use for ``dataset_file`` (COCO 91, COCO panoptic 250; others 20, as the
-    official builders), for building a model without an annotation file at hand."""
-    return OFFICIAL_NUM_CLASSES.get(dataset_file, 20)
 
 
 def get_coco_api_from_dataset(dataset) -> COCO:

@@ -53,12 +53,6 @@ def check_category_ids(category_ids, num_classes: int, source: str) -> None:
                          f"must be < --num_classes (use --num_classes {too_big[-1] + 1} or more)")
 
 
-def read_rgb_image(path: str | Path, image_id: int, ann_file: str | Path) -> PIL.Image.Image:
-    """The image file of ``image_id`` (listed in ``ann_file``) as upright 8-bit RGB; errors name the file and the id
-    (``datasets.image_file.read_image`` without a size check)."""
-    return read_image(path, image_id, ann_file)
-
-
 def convert_coco_poly_to_mask(segmentations: list, height: int, width: int) -> torch.Tensor:
     """COCO segmentations (polygon lists, uncompressed or compressed RLE) -> uint8 masks ``[N, height, width]``."""
     masks = []

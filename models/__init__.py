@@ -1,7 +1,8 @@
 """The DETR model family: ``build_model(args)`` -> (model, criterion, postprocessors) for ``args.meta_arch``.
 
 Each architecture is a package (models/detr/ ...) exposing an ``ARCHITECTURE`` (models/registry.py); adding one is
-adding its package and a line below.
+adding its package and a line below. Parts used by several architectures live in models/layers/ and the modules
+beside this file (backbone, matcher, criterion, post-processing); no architecture imports another.
 """
 import argparse
 
@@ -13,11 +14,20 @@ from models.registry import Architecture
 ARCHITECTURES: dict[str, Architecture] = {
     arch.name: arch for arch in (detr.ARCHITECTURE, deformable_detr.ARCHITECTURE, dino.ARCHITECTURE)}
 
+# the classifier sizes of the official checkpoints, for a model built without an annotation file at hand (the
+# official builders: 91 for COCO, 250 for COCO panoptic, 20 otherwise)
+OFFICIAL_NUM_CLASSES = {"coco": 91, "coco_panoptic": 250}
+
+
+def official_num_classes(dataset_file: str) -> int:
+    """The class count the official models use for ``dataset_file``."""
+    return OFFICIAL_NUM_CLASSES.get(dataset_file, 20)
+
 
 def architecture(name: str) -> Architecture:
     """The registered architecture ``name``; an unknown name is an error listing the known ones."""
     if name not in ARCHITECTURES:
-        raise ValueError(f"--meta_arch must be one of {sorted(ARCHITECTURES)}, got {name!r}")
+        raise ValueError(f"unknown architecture {name!r}: the registered ones are {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[name]
 
 
@@ -25,6 +35,9 @@ def build_model(args: argparse.Namespace, is_thing_map: dict[int, bool] | None =
                 ) -> tuple[nn.Module, nn.Module, dict]:
     """Model, criterion and post-processors (``bbox``; ``segm``/``panoptic`` with masks) for the parsed flags.
 
-    ``is_thing_map`` (category id -> True for things) is the panoptic dataset's; without it the COCO panoptic rule.
+    ``num_classes`` None (no annotation file read) is the official count for ``dataset_file``. ``is_thing_map``
+    (category id -> True for things) is the panoptic dataset's; without it the COCO panoptic rule.
     """
+    if args.num_classes is None:
+        args = argparse.Namespace(**{**vars(args), "num_classes": official_num_classes(args.dataset_file)})
     return architecture(getattr(args, "meta_arch", "detr")).build(args, is_thing_map)

@@ -30,23 +30,32 @@ class AttentionPlan:
     position: str
 
 
+class PlanError(ValueError):
+    """A plan that cannot be made; ``argument`` names the :func:`make_plan` argument at fault."""
+
+    def __init__(self, argument: str, message: str):
+        super().__init__(message)
+        self.argument = argument
+
+
 def make_plan(name: str | None, stages: list[int] | None, position: str | None, last_stage: int
               ) -> AttentionPlan | None:
-    """Validate the flags and fill defaults: the block's position and its default stages (block position on stages
-    2..last, stage position on the last stage, unless the block says otherwise)."""
+    """Check the block, stages and position and fill defaults: the block's position and its default stages (block
+    position on stages 2..last, stage position on the last stage, unless the block says otherwise). None or "none"
+    places no block."""
     if name in (None, "", "none"):
         return None
     if name not in ATTENTION:
-        raise ValueError(f"--backbone_attn must be one of {sorted(ATTENTION)} or none, got {name!r}")
+        raise PlanError("name", f"the attention block must be one of {sorted(ATTENTION)} or none, got {name!r}")
     position = position or default_position(name)
     if position not in supported_positions(name):
-        raise ValueError(f"--attn_position {position} is not supported by {name!r} "
-                         f"(supported: {', '.join(supported_positions(name))})")
+        raise PlanError("position", f"position {position!r} is not supported by {name!r} "
+                                    f"(supported: {', '.join(supported_positions(name))})")
     if not stages:
         stages = list(default_stages(name, position, last_stage))
     bad = [s for s in stages if not 1 <= s <= last_stage]
     if bad:
-        raise ValueError(f"--attn_stages {bad} out of range: the backbone computes stages 1..{last_stage}")
+        raise PlanError("stages", f"stages {bad} out of range: the backbone computes stages 1..{last_stage}")
     return AttentionPlan(name, tuple(sorted(set(stages))), position)
 
 

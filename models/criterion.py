@@ -19,12 +19,15 @@ class SetCriterion(nn.Module):
     loss_masks; last decoder layer only). With ``aux_outputs`` every loss is repeated per earlier decoder layer with
     suffix ``_0``, ``_1``, ...
 
-    ``query_groups`` (Group DETR) decides how predictions are matched; None is plain DETR. Subclasses (the other
-    architectures) replace single losses (``loss_labels``) or add intermediate outputs through ``layer_losses``.
+    ``query_groups`` (Group DETR) decides how predictions are matched; None is plain DETR. ``giou_eps`` is added
+    to the GIoU's denominators (DINO: 1e-6); ``log_box_parts`` adds the logged L1 of centres (``loss_xy``) and
+    sizes (``loss_hw``). Subclasses (the other architectures) replace single losses (``loss_labels``) or add
+    intermediate outputs through ``layer_losses``.
     """
 
-    def __init__(self, num_classes: int, matcher: nn.Module, weight_dict: dict, eos_coef: float, losses: list[str],
-                 query_groups: QueryGroups | None = None):
+    def __init__(self, num_classes: int, matcher: nn.Module, weight_dict: dict, eos_coef: float | None,
+                 losses: list[str], query_groups: QueryGroups | None = None, giou_eps: float = 0.0,
+                 log_box_parts: bool = False):
         super().__init__()
         self.num_classes = num_classes
         self.matcher = matcher
@@ -32,22 +35,32 @@ class SetCriterion(nn.Module):
         self.eos_coef = eos_coef
         self.losses = losses
         self.query_groups = query_groups
-        empty_weight = torch.ones(self.num_classes + 1)
-        empty_weight[-1] = self.eos_coef
-        self.register_buffer("empty_weight", empty_weight)
+        self.giou_eps = giou_eps
+        self.log_box_parts = log_box_parts
+        if eos_coef is not None:  # the softmax classifier's class weights, "no object" last
+            empty_weight = torch.ones(self.num_classes + 1)
+            empty_weight[-1] = self.eos_coef
+            self.register_buffer("empty_weight", empty_weight)
 
     def loss_labels(self, outputs, targets, indices, num_boxes, log=True) -> dict:
+        """``loss_ce`` (:meth:`classification_loss`) of ``pred_logits`` ``[B, Q, K(+1)]`` against every query's
+        target class (matched: its target's label; unmatched: ``num_classes``, "no object"), and with ``log`` the
+        matched queries' ``class_error`` (%)."""
         src_logits = outputs["pred_logits"]
         idx = self._get_src_permutation_idx(indices)
         target_classes_o = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
         target_classes = torch.full(src_logits.shape[:2], self.num_classes, dtype=torch.int64,
                                     device=src_logits.device)
         target_classes[idx] = target_classes_o
-        loss_ce = F.cross_entropy(src_logits.transpose(1, 2), target_classes, self.empty_weight)
-        losses = {"loss_ce": loss_ce}
+        losses = {"loss_ce": self.classification_loss(src_logits, target_classes, num_boxes)}
         if log:
             losses["class_error"] = 100 - accuracy(src_logits[idx], target_classes_o)[0]
         return losses
+
+    def classification_loss(self, logits: torch.Tensor, target_classes: torch.Tensor, num_boxes: float
+                            ) -> torch.Tensor:
+        """DETR's: cross-entropy over the K + 1 softmax classes, "no object" weighted by ``eos_coef``."""
+        return F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)
 
     @torch.no_grad()
     def loss_cardinality(self, outputs, targets, indices, num_boxes) -> dict:
@@ -65,8 +78,14 @@ class SetCriterion(nn.Module):
         src_boxes = outputs["pred_boxes"][idx]
         target_boxes = torch.cat([t["boxes"][i] for t, (_, i) in zip(targets, indices)], dim=0)
         loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="none")
-        loss_giou = 1 - paired_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes))
-        return {"loss_bbox": loss_bbox.sum() / num_boxes, "loss_giou": loss_giou.sum() / num_boxes}
+        loss_giou = 1 - paired_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes),
+                                                   eps=self.giou_eps)
+        losses = {"loss_bbox": loss_bbox.sum() / num_boxes, "loss_giou": loss_giou.sum() / num_boxes}
+        if self.log_box_parts:
+            with torch.no_grad():
+                losses["loss_xy"] = loss_bbox[..., :2].sum() / num_boxes
+                losses["loss_hw"] = loss_bbox[..., 2:].sum() / num_boxes
+        return losses
 
     def loss_masks(self, outputs, targets, indices, num_boxes) -> dict:
         """Focal (``loss_mask``) and DICE (``loss_dice``) losses of matched ``pred_masks`` ``[B, Q, h, w]`` against
@@ -114,10 +133,12 @@ class SetCriterion(nn.Module):
             torch.distributed.all_reduce(num_boxes)
         return torch.clamp(num_boxes / get_world_size(), min=1).item()
 
-    def layer_losses(self, outputs: dict, targets: list[dict], num_boxes: float, suffix: str) -> dict:
-        """The losses of an intermediate prediction (matched on its own; no masks, no logged class error), each
-        name followed by ``suffix``."""
-        indices = self.match(outputs, targets)
+    def layer_losses(self, outputs: dict, targets: list[dict], num_boxes: float, suffix: str,
+                     indices: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict:
+        """The losses of an intermediate prediction (no masks, no logged class error), each name followed by
+        ``suffix``; matched on its own unless ``indices`` (per image (prediction, target) indices) pair them."""
+        if indices is None:
+            indices = self.match(outputs, targets)
         losses = {}
         for loss in self.losses:
             if loss == "masks":  # only the last decoder layer predicts masks
@@ -142,6 +163,30 @@ class SetCriterion(nn.Module):
         for i, aux_outputs in enumerate(outputs.get("aux_outputs", [])):
             losses.update(self.layer_losses(aux_outputs, targets, num_boxes, f"_{i}"))
         return losses
+
+
+class FocalSetCriterion(SetCriterion):
+    """The set loss of sigmoid classifiers (Deformable DETR, DINO): DETR's losses with ``loss_ce`` the sigmoid
+    focal loss (``focal_alpha``, gamma 2) of the logits ``[B, Q, K]`` against one-hot targets (unmatched queries:
+    all zeros), summed over queries and classes and divided by the number of target boxes (the official ``mean over
+    queries * Q``). ``cardinality_error`` counts queries whose best class is not the last one (the official rule,
+    kept for sigmoid logits)."""
+
+    def __init__(self, num_classes: int, matcher: nn.Module, weight_dict: dict, losses: list[str],
+                 focal_alpha: float = 0.25, giou_eps: float = 0.0, log_box_parts: bool = False):
+        super().__init__(num_classes, matcher, weight_dict, eos_coef=None, losses=losses, giou_eps=giou_eps,
+                         log_box_parts=log_box_parts)
+        self.focal_alpha = focal_alpha
+
+    def classification_loss(self, logits: torch.Tensor, target_classes: torch.Tensor, num_boxes: float
+                            ) -> torch.Tensor:
+        """The sigmoid focal loss of ``logits`` ``[B, Q, K]`` against one-hot targets."""
+        # one-hot with an extra "no object" column, which is then dropped: unmatched queries are all zeros
+        onehot = torch.zeros([*logits.shape[:2], logits.shape[2] + 1], dtype=logits.dtype, layout=logits.layout,
+                             device=logits.device)
+        onehot.scatter_(2, target_classes.unsqueeze(-1), 1)
+        onehot = onehot[:, :, :-1]
+        return sigmoid_focal_loss(logits, onehot, num_boxes, alpha=self.focal_alpha, gamma=2) * logits.shape[1]
 
 
 def _pad_to(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -9,17 +9,19 @@ from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of targets to predictions minimising a weighted cost per image.
 
-    cost = cost_class * (-p(target class)) + cost_bbox * L1(cxcywh) + cost_giou * (-GIoU).
-    There are more predictions than targets; unmatched predictions are "no object".
+    cost = cost_class * (-p(target class)) + cost_bbox * L1(cxcywh) + cost_giou * (-GIoU), the GIoU with
+    ``giou_eps`` added to its denominators (DINO's 1e-6). There are more predictions than targets; unmatched
+    predictions are "no object".
     """
 
-    def __init__(self, cost_class: float = 1, cost_bbox: float = 1, cost_giou: float = 1):
+    def __init__(self, cost_class: float = 1, cost_bbox: float = 1, cost_giou: float = 1, giou_eps: float = 0.0):
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("HungarianMatcher: all costs are 0")
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
+        self.giou_eps = giou_eps
 
     def class_cost(self, logits: torch.Tensor, tgt_ids: torch.Tensor) -> torch.Tensor:
         """Classification cost ``[N, T]`` of logits ``[N, K+1]`` for target classes ``[T]``: minus the softmax
@@ -27,9 +29,8 @@ class HungarianMatcher(nn.Module):
         return -logits.softmax(-1)[:, tgt_ids]
 
     def pairwise_giou(self, boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-        """Generalised IoU ``[N, M]`` of xyxy boxes ``[N, 4]`` and ``[M, 4]``. Architectures whose official code
-        computes it otherwise override this."""
-        return generalized_box_iou(boxes1, boxes2)
+        """Generalised IoU ``[N, M]`` of xyxy boxes ``[N, 4]`` and ``[M, 4]``."""
+        return generalized_box_iou(boxes1, boxes2, eps=self.giou_eps)
 
     @torch.no_grad()
     def cost_matrices(self, outputs: dict, targets: list[dict]) -> list[torch.Tensor]:
@@ -69,6 +70,26 @@ class HungarianMatcher(nn.Module):
                 cols.append(torch.as_tensor(j, dtype=torch.int64))
             result.append((torch.cat(rows), torch.cat(cols)))
         return result
+
+
+class FocalHungarianMatcher(HungarianMatcher):
+    """The matcher of the sigmoid classifiers (Deformable DETR, DINO): ``cost_class`` weighs the focal cost of the
+    target class, the focal loss of calling it positive minus that of calling it negative,
+    ``alpha (1 - p)^gamma (-log(p + 1e-8)) - (1 - alpha) p^gamma (-log(1 - p + 1e-8))`` with p the sigmoid
+    probability of logits ``[N, K]`` (no "no object" column)."""
+
+    def __init__(self, cost_class: float = 1, cost_bbox: float = 1, cost_giou: float = 1, alpha: float = 0.25,
+                 gamma: float = 2.0, giou_eps: float = 0.0):
+        super().__init__(cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou, giou_eps=giou_eps)
+        self.alpha = alpha
+        self.gamma = gamma
+
+    def class_cost(self, logits: torch.Tensor, tgt_ids: torch.Tensor) -> torch.Tensor:
+        """logits ``[N, K]``, tgt_ids ``[T]`` -> cost ``[N, T]``."""
+        prob = logits.sigmoid()
+        neg_cost = (1 - self.alpha) * (prob ** self.gamma) * (-(1 - prob + 1e-8).log())
+        pos_cost = self.alpha * ((1 - prob) ** self.gamma) * (-(prob + 1e-8).log())
+        return pos_cost[:, tgt_ids] - neg_cost[:, tgt_ids]
 
 
 def build_matcher(args) -> HungarianMatcher:

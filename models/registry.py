@@ -14,11 +14,16 @@ from torch import nn
 class Architecture:
     """``name``: the ``--meta_arch`` value.
 
-    ``build(args, is_thing_map)`` -> (model, criterion, postprocessors): the only place that reads the flags;
-    ``is_thing_map`` (category id -> thing?) comes from the dataset when it has panoptic annotations.
-    ``add_flags(parser)`` adds the architecture's own argument group (flags no other architecture reads).
-    ``check_flags(args)`` raises ValueError naming a flag whose value this architecture cannot use.
+    ``build(args, is_thing_map)`` -> (model, criterion, postprocessors): the only place that reads the flags
+    (already checked; ``args.num_classes`` resolved); ``is_thing_map`` (category id -> thing?) comes from the
+    dataset when it has panoptic annotations.
+    ``add_flags(parser)`` adds the architecture's own argument group: flags it owns, which no other architecture
+    reads (another architecture's flag changed from its default is an error, cli.check_args).
+    ``check_flags(args)`` raises ValueError naming a flag whose value this architecture cannot use (its own flags,
+    and shared ones in combination with them).
     ``param_groups(model, args)`` -> the optimiser's parameter groups (see models/param_groups.py).
+    ``unused_shared_flags``: flags of the shared schema (cli/) that this architecture does not read; changed from
+    their defaults they are an error rather than silently ignored.
     """
 
     name: str
@@ -26,3 +31,4 @@ class Architecture:
     add_flags: Callable[[argparse.ArgumentParser], None]
     check_flags: Callable[[argparse.Namespace], None]
     param_groups: Callable[[nn.Module, argparse.Namespace], list[dict]]
+    unused_shared_flags: tuple[str, ...] = ()

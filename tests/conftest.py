@@ -1,4 +1,4 @@
-"""Shared fixtures: no network, a tiny synthetic COCO dataset, tiny model flags."""
+"""Shared fixtures: no network, threads, a tiny synthetic COCO dataset, tiny model flags for every architecture."""
 import socket
 
 import pytest
@@ -24,18 +24,44 @@ def few_threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture
+def one_thread():
+    """One thread (after the autouse two): as the saved reference values were computed, and quicker where the
+    machine is shared. Modules use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_coco(tmp_path_factory):
     """A small synthetic COCO-layout dataset: 24 train and 8 val images of 64 px."""
     return generate(tmp_path_factory.mktemp("synthetic"), num_train=24, num_val=8, image_size=64, seed=0)
 
 
-TINY_FLAGS = [
-    "--backbone", "resnet18", "--no_pretrained_backbone", "--backbone_norm", "bn", "--backbone_trainable_layers", "5",
-    "--hidden_dim", "32", "--nheads", "2", "--enc_layers", "1", "--dec_layers", "2", "--dim_feedforward", "64",
-    "--num_queries", "8", "--dropout", "0", "--lr", "3e-4", "--lr_backbone", "3e-4", "--batch_size", "4",
-    "--image_size", "64", "--no_multiscale", "--num_workers", "0", "--print_freq", "100", "--device", "cpu",
+# A tiny model of any architecture (with tiny_architecture_flags): ResNet-18 without weights, width 32, one encoder
+# and two decoder layers, 8 queries.
+TINY_MODEL_FLAGS = [
+    "--backbone", "resnet18", "--no_pretrained_backbone", "--hidden_dim", "32", "--nheads", "2", "--enc_layers", "1",
+    "--dec_layers", "2", "--dim_feedforward", "64", "--num_queries", "8", "--dropout", "0", "--device", "cpu",
 ]
+# ... trained from scratch on tiny_coco: trainable BatchNorm, 64 px images, no workers
+TINY_FLAGS = [
+    *TINY_MODEL_FLAGS, "--backbone_norm", "bn", "--backbone_trainable_layers", "5", "--lr", "3e-4",
+    "--lr_backbone", "3e-4", "--batch_size", "4", "--image_size", "64", "--no_multiscale", "--num_workers", "0",
+    "--print_freq", "100",
+]
+
+
+# Flags on top of TINY_FLAGS that make an architecture as small (its own flags, or shared ones only it reads). An
+# architecture not listed is built with TINY_FLAGS and --meta_arch alone: the family tests iterate the registry.
+TINY_ARCHITECTURE_FLAGS = {
+    "deformable_detr": ["--enc_n_points", "2", "--dec_n_points", "2"],
+    "dino": ["--enc_n_points", "2", "--dec_n_points", "2", "--num_select", "20", "--dn_number", "4"],
+}
+
+
+def tiny_architecture_flags(meta_arch: str) -> list[str]:
+    """``--meta_arch meta_arch`` and what makes it tiny on top of TINY_FLAGS."""
+    return ["--meta_arch", meta_arch, *TINY_ARCHITECTURE_FLAGS.get(meta_arch, [])]
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+import cli
 from models import build_model
 from models.attention import ATTENTION
 from models.param_groups import build_param_groups
@@ -82,8 +83,12 @@ def test_default_positions_and_stages(tiny_args, tiny_coco):
     (["--backbone_attn", "gc", "--attn_stages", "4", "--feature_layer", "layer3"], "--attn_stages"),
 ])
 def test_bad_placements_name_the_flag(flags, named, tiny_args, tiny_coco):
-    with pytest.raises(ValueError, match=named):
-        _build(tiny_args, tiny_coco, *flags)
+    args = tiny_args(tiny_coco, "--backbone_trainable_layers", "3", *flags)
+    with pytest.raises(ValueError, match=f"^{named}: "):
+        cli.check_args(args)
+    with pytest.raises(ValueError) as built:  # the builder itself speaks of its arguments, not of flags
+        build_model(args)
+    assert "--" not in str(built.value)
 
 
 def test_blocks_train_inside_frozen_stages_with_their_own_groups(tiny_args, tiny_coco):

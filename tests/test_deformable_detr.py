@@ -17,11 +17,10 @@ import cli
 from datasets import build_dataset
 from engine import train_one_epoch
 from models import architecture, build_model
-from models.deformable_detr import DeformableTransformer, FocalHungarianMatcher, PostProcess
+from models.deformable_detr import DeformableTransformer
 from models.deformable_detr.build import linear_projections
-from models.deformable_detr.deformable_transformer import DeformableTransformerEncoder
-from models.deformable_detr.matcher import HungarianMatcher
 from run import run
+from tests.conftest import TINY_MODEL_FLAGS, tiny_architecture_flags
 from tools.reference import deformable_detr as reference_values
 from tools.reference.common import unpack
 from tools.reference.deformable_detr import CASES, parse
@@ -29,15 +28,9 @@ from util.checkpoint import load_checkpoint
 from util.config import parse_args_with_config
 from util.nested_tensor import collate_fn, nested_tensor_from_tensor_list
 
-SMALL = ["--meta_arch", "deformable_detr", "--backbone", "resnet18", "--no_pretrained_backbone", "--hidden_dim", "32",
-         "--nheads", "2", "--enc_layers", "1", "--dec_layers", "2", "--dim_feedforward", "64", "--num_queries", "8",
-         "--enc_n_points", "2", "--dec_n_points", "2", "--num_classes", "5", "--device", "cpu"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread (after conftest's two): as the reference file was written, and fast on a shared machine."""
-    torch.set_num_threads(1)
+SMALL = [*TINY_MODEL_FLAGS, *tiny_architecture_flags("deformable_detr"), "--num_classes", "5"]
 
 
 def _small(*extra: str, seed: int = 0):
@@ -172,48 +165,6 @@ def test_cardinality_counts_queries_whose_best_class_is_not_the_last():
     logits = torch.tensor([[[0.0, 0, 0, 0, 1.0], [2.0, 0, 0, 0, 1.0], [0.0, 0, 3.0, 0, 1.0]]])
     targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
     assert criterion.loss_cardinality({"pred_logits": logits}, targets, None, 1)["cardinality_error"].item() == 1.0
-
-
-def test_focal_matching_cost_on_hand_computed_numbers():
-    matcher = FocalHungarianMatcher(cost_class=2, cost_bbox=5, cost_giou=2)
-    assert isinstance(matcher, HungarianMatcher)
-    logits = torch.tensor([[0.0, 2.0, -1.0], [1.0, -3.0, 0.5]])
-    cost = matcher.class_cost(logits, torch.tensor([2, 0, 2]))
-
-    def focal_cost(x: float) -> float:
-        p = 1 / (1 + math.exp(-x))
-        return 0.25 * (1 - p) ** 2 * -math.log(p + 1e-8) - 0.75 * p ** 2 * -math.log(1 - p + 1e-8)
-
-    expected = [[focal_cost(row[j]) for j in (2, 0, 2)] for row in logits.tolist()]
-    torch.testing.assert_close(cost, torch.tensor(expected), rtol=1e-6, atol=1e-7)
-    assert focal_cost(0.0) == pytest.approx(-0.5 * math.log(2) * 0.25, rel=1e-6)
-
-
-def test_postprocess_keeps_the_best_query_class_pairs_with_their_boxes_in_pixels():
-    logits = torch.tensor([[[0.0, 3.0, -1.0], [2.0, 1.0, 4.0]]])
-    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.4], [0.25, 0.75, 0.5, 0.5]]])
-    sizes = torch.tensor([[100, 200]])  # h, w
-    (result,) = PostProcess(num_select=3)({"pred_logits": logits, "pred_boxes": boxes}, sizes)
-    torch.testing.assert_close(result["scores"], torch.sigmoid(torch.tensor([4.0, 3.0, 2.0])))
-    assert result["labels"].tolist() == [2, 1, 0]
-    first, second = [0.0, 50.0, 100.0, 100.0], [80.0, 30.0, 120.0, 70.0]  # xyxy of queries 1 and 0
-    torch.testing.assert_close(result["boxes"], torch.tensor([first, second, first]))
-    (everything,) = PostProcess()({"pred_logits": logits, "pred_boxes": boxes}, sizes)
-    assert len(everything["scores"]) == 6  # 100 asked, 2 queries x 3 classes exist
-
-
-def test_valid_ratios_and_encoder_reference_points_on_a_padded_mask():
-    masks = [torch.ones(1, 4, 4, dtype=torch.bool), torch.ones(1, 2, 2, dtype=torch.bool)]
-    masks[0][0, :2, :3] = False  # image: 2 of 4 rows, 3 of 4 columns
-    masks[1][0, :1, :2] = False
-    ratios = torch.stack([DeformableTransformer.get_valid_ratio(m) for m in masks], 1)
-    torch.testing.assert_close(ratios, torch.tensor([[[0.75, 0.5], [1.0, 0.5]]]))
-    points = DeformableTransformerEncoder.get_reference_points([(4, 4), (2, 2)], ratios, torch.device("cpu"))
-    assert points.shape == (1, 20, 2, 2)
-    # level-0 cell (row 1, column 2): (2.5 / 3, 1.5 / 2) of the image; its own level sees its padded cell centre
-    torch.testing.assert_close(points[0, 6], torch.tensor([[2.5 / 4, 1.5 / 4], [2.5 / 3, 0.375]]))
-    # level-1 cell (row 1, column 0), under padding: past 1 in y of the image
-    torch.testing.assert_close(points[0, 18], torch.tensor([[0.5 / 2 * 0.75, 1.5 * 0.5], [0.25, 0.75]]))
 
 
 def test_two_stage_proposals_on_a_hand_made_padding_mask():

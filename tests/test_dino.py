@@ -15,24 +15,23 @@ from torch import nn
 
 from datasets import build_dataset
 from models import architecture, build_model
-from models.dino.criterion import DINOCriterion
-from models.dino.denoising import denoising_attention_mask, denoising_indices, num_denoising_groups, prepare_denoising
-from models.dino.matcher import FocalHungarianMatcher
-from models.dino.query_selection import top_k_tokens
+from models.dino.criterion import GIOU_EPS, DINOCriterion
+from models.matcher import FocalHungarianMatcher
 from models.param_groups import build_param_groups
 from run import run
+from tests.conftest import TINY_MODEL_FLAGS
+from tests.handmade_targets import handmade_targets
 from tools.data.synthetic import generate
 from tools.reference import dino as reference
 from tools.reference.common import unpack
-from util.box_ops import box_cxcywh_to_xyxy
 from util.checkpoint import load_checkpoint
 from util.nested_tensor import collate_fn
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--meta_arch", "dino", "--backbone", "resnet18", "--no_pretrained_backbone", "--hidden_dim", "32",
-        "--nheads", "2", "--enc_layers", "1", "--dec_layers", "2", "--dim_feedforward", "64", "--num_queries", "10",
-        "--enc_n_points", "2", "--dec_n_points", "2", "--num_classes", "7", "--num_select", "30", "--dropout", "0",
-        "--device", "cpu"]
+TINY = [*TINY_MODEL_FLAGS, "--meta_arch", "dino", "--num_queries", "10", "--enc_n_points", "2", "--dec_n_points", "2",
+        "--num_classes", "7", "--num_select", "30"]
 
 
 def _model(*flags, seed=0):
@@ -44,12 +43,6 @@ def _model(*flags, seed=0):
 def _images(*sizes, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(3, h, w, generator=g) for h, w in sizes]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread (after conftest's two): on a shared machine, two spinning threads can cost ten times more."""
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
@@ -103,112 +96,6 @@ def test_tiny_models_reproduce_the_official_numbers(name, golden):
 # contrastive denoising
 
 
-def test_denoising_group_count_follows_the_official_rule():
-    assert num_denoising_groups(100, 3) == 200 // 6  # a budget of 2 * 100 queries
-    assert num_denoising_groups(50, 7) == 100 // 14
-    assert num_denoising_groups(100, 150) == 1  # never fewer than one group
-    assert num_denoising_groups(3, 5) == 6  # below a budget of 100: 2 * dn_number groups
-    assert num_denoising_groups(100, 0) == 1  # no targets: one empty group
-
-
-def _handmade_targets():
-    return [{"labels": torch.tensor([1, 2, 0]), "boxes": torch.tensor([[0.3, 0.4, 0.2, 0.1], [0.6, 0.5, 0.1, 0.2],
-                                                                      [0.5, 0.7, 0.2, 0.2]])},
-            {"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)},
-            {"labels": torch.tensor([2, 1]), "boxes": torch.tensor([[0.4, 0.4, 0.3, 0.2], [0.7, 0.3, 0.2, 0.1]])}]
-
-
-def test_denoising_queries_without_noise_copy_the_targets_into_positive_and_negative_parts():
-    label_enc = nn.Embedding(4, 5)
-    targets = _handmade_targets()
-    dn = prepare_denoising(targets, dn_number=2, label_noise_ratio=0.0, box_noise_scale=0.0, num_queries=10,
-                           num_classes=3, label_enc=label_enc)
-    groups, pad = 4, 3  # 2 * dn_number groups (below the budget of 100), parts of the most crowded image's size
-    assert dn.meta == {"pad_size": 2 * pad * groups, "num_dn_group": groups}
-    assert dn.content.shape == (3, 24, 5) and dn.anchors.shape == (3, 24, 4)
-    for b, t in enumerate(targets):
-        n = len(t["labels"])
-        for g in range(groups):
-            for part in (0, 1):  # positives, then negatives
-                start = (2 * g + part) * pad
-                for j in range(pad):
-                    content, anchor = dn.content[b, start + j], dn.anchors[b, start + j]
-                    if j < n:
-                        assert torch.equal(content, label_enc.weight[t["labels"][j]])
-                        torch.testing.assert_close(anchor.sigmoid(), t["boxes"][j])
-                    else:  # padding slot
-                        assert not content.any() and not anchor.any()
-
-
-def test_denoising_box_noise_moves_positives_less_and_negatives_more_than_the_scale():
-    targets = _handmade_targets()
-    scale = 0.4
-    torch.manual_seed(0)
-    dn = prepare_denoising(targets, dn_number=2, label_noise_ratio=0.0, box_noise_scale=scale, num_queries=10,
-                           num_classes=3, label_enc=nn.Embedding(4, 5))
-    pad, positives, negatives = 3, 0, 0
-    for b, t in enumerate(targets):
-        corners = box_cxcywh_to_xyxy(t["boxes"])
-        half = torch.cat([t["boxes"][:, 2:], t["boxes"][:, 2:]], 1) / 2
-        for g in range(4):
-            for part in (0, 1):
-                start = (2 * g + part) * pad
-                noised = box_cxcywh_to_xyxy(dn.anchors[b, start:start + len(t["labels"])].sigmoid())
-                moved = (noised - corners).abs() / (scale * half)  # in units of scale * half size, per edge
-                if part == 0:
-                    assert (moved <= 1 + 1e-4).all()
-                    positives += len(moved)
-                else:
-                    assert ((moved >= 1 - 1e-4) & (moved <= 2 + 1e-4)).all()
-                    negatives += len(moved)
-    assert positives == negatives == 4 * 5  # every group: one positive and one negative per target
-
-
-def test_denoising_label_noise_flips_about_half_the_ratio():
-    n, num_classes, ratio = 50, 10, 0.5
-    labels = torch.arange(n) % num_classes
-    targets = [{"labels": labels, "boxes": torch.full((n, 4), 0.5)}]
-    label_enc = nn.Embedding(num_classes + 1, 2)
-    label_enc.weight.data = torch.arange(num_classes + 1.0)[:, None].repeat(1, 2)  # row i = (i, i)
-    torch.manual_seed(3)
-    dn = prepare_denoising(targets, dn_number=1000, label_noise_ratio=ratio, box_noise_scale=0.4, num_queries=5,
-                           num_classes=num_classes, label_enc=label_enc)
-    groups = dn.meta["num_dn_group"]
-    assert groups == 2000 // (2 * n)
-    drawn = dn.content[0, :, 0].round().long()
-    assert ((drawn >= 0) & (drawn < num_classes)).all()
-    true = labels.repeat(2 * groups)
-    flipped = (drawn != true).float().mean().item()
-    # a label is redrawn with probability ratio / 2, to another class with probability 1 - 1 / num_classes
-    assert flipped == pytest.approx(ratio / 2 * (1 - 1 / num_classes), abs=0.04)
-    # the first draw decides which labels are redrawn (one uniform per label, the official order)
-    torch.manual_seed(3)
-    redrawn = torch.rand(len(true)) < ratio / 2
-    assert not (drawn != true)[~redrawn].any()
-
-
-def test_attention_mask_separates_matching_queries_and_denoising_groups():
-    pad_size, groups, queries = 12, 3, 5
-    mask = denoising_attention_mask(pad_size, groups, queries, torch.device("cpu"))
-    group_of = [i // (pad_size // groups) for i in range(pad_size)]
-    for i in range(pad_size + queries):
-        for j in range(pad_size + queries):
-            if i >= pad_size:  # matching query: sees the matching queries only
-                blocked = j < pad_size
-            else:  # denoising query: sees its own group and the matching queries
-                blocked = j < pad_size and group_of[i] != group_of[j]
-            assert bool(mask[i, j]) == blocked, (i, j)
-
-
-def test_denoising_indices_pair_positive_queries_with_their_targets():
-    targets = _handmade_targets()
-    indices = denoising_indices(targets, {"pad_size": 24, "num_dn_group": 4})
-    assert indices[0][0].tolist() == [0, 1, 2, 6, 7, 8, 12, 13, 14, 18, 19, 20]
-    assert indices[0][1].tolist() == [0, 1, 2] * 4
-    assert indices[1][0].numel() == indices[1][1].numel() == 0
-    assert indices[2][0].tolist() == [0, 1, 6, 7, 12, 13, 18, 19]
-
-
 def test_training_with_denoising_needs_the_targets():
     model = _model()[0]
     model.train()
@@ -218,11 +105,6 @@ def test_training_with_denoising_needs_the_targets():
 
 # --------------------------------------------------------------------------------------------------------------
 # query selection and the decoder
-
-
-def test_top_k_tokens_ranks_by_the_best_class():
-    logits = torch.tensor([[[0.0, 1.0], [3.0, -1.0], [0.5, 0.2], [-2.0, 2.0]]])
-    assert top_k_tokens(logits, 3).tolist() == [[1, 3, 0]]
 
 
 class _FixedScores(nn.Module):
@@ -320,7 +202,7 @@ def _giou(a, b, eps=1e-6) -> float:
 
 
 def test_losses_by_hand_with_denoising_and_an_image_without_targets():
-    criterion = DINOCriterion(3, FocalHungarianMatcher(2, 5, 2), weight_dict={}, focal_alpha=0.25)
+    criterion = DINOCriterion(3, FocalHungarianMatcher(2, 5, 2, giou_eps=GIOU_EPS), weight_dict={}, focal_alpha=0.25)
     target_box = [0.5, 0.5, 0.2, 0.2]
     targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([target_box])},
                {"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}]
@@ -395,7 +277,7 @@ def test_output_shapes_of_the_presets_at_tiny_widths(scales):
     assert len(out["aux_outputs"]) == 1 and out["aux_outputs"][0]["pred_logits"].shape == (2, 10, 7)
     assert out["interm_outputs"]["pred_logits"].shape == (2, 10, 7)
     model.train()
-    out = model(images, _handmade_targets()[:2])
+    out = model(images, handmade_targets()[:2])
     # 200 // (2 * 3) groups of 3 positives and 3 negatives
     assert out["dn_meta"]["num_dn_group"] == 33 and out["dn_meta"]["pad_size"] == 33 * 6
     assert out["pred_logits"].shape == (2, 10, 7)
@@ -421,7 +303,7 @@ def test_official_format_checkpoint_loads_safely_and_strictly(tmp_path):
     model, _, _, args = _model()
     optimizer = torch.optim.AdamW(build_param_groups(model, 1e-5), lr=1e-4, weight_decay=1e-4)
     model.train()
-    images, targets = _images((48, 40), (40, 56)), _handmade_targets()[:2]
+    images, targets = _images((48, 40), (40, 56)), handmade_targets()[:2]
     criterion = _model()[1]
     losses = criterion(model(images, targets), targets)
     sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict).backward()

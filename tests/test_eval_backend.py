@@ -114,8 +114,8 @@ def test_results_reach_the_host_in_one_piece_per_key():
 
 
 def test_saved_states_of_both_backends_load_in_plot_logs_with_the_same_curves(tmp_path):
-    from tools.plot_logs import load_evaluation
     from util.checkpoint import save_checkpoint
+    from util.plot_utils import load_evaluation
 
     coco_gt = _coco(_gt_dataset(), tmp_path)
     loaded = {}

@@ -137,7 +137,11 @@ def test_hub_builds_without_network_and_returns_postprocessor():
         features, _ = model.backbone(nested_tensor_from_tensor_list([torch.zeros(3, 64, 64)]))
     assert features[-1].tensors.shape[-2:] == (4, 4)  # stride 16 instead of 32
     assert model.class_embed.out_features == 11
-    assert callable(postprocessor)
+    with torch.no_grad():
+        (result,) = postprocessor(model.eval()(nested_tensor_from_tensor_list([torch.rand(3, 64, 48)])),
+                                  torch.tensor([[480, 640]]))
+    assert result["boxes"].shape == (100, 4) and result["labels"].max() < 11
+    assert (result["boxes"][:, 0::2].abs() <= 640 * 1.5).all()  # pixels of the 640-wide original, not [0, 1]
     with pytest.raises(ValueError, match="91"):
         hubconf.detr_resnet50(pretrained=True, num_classes=10)
 

@@ -4,12 +4,9 @@ import math
 import pytest
 import torch
 
-from models.deformable_detr.ms_deform_attn import MSDeformAttn, ms_deform_attn_core
+from models.layers.ms_deform_attn import MSDeformAttn, ms_deform_attn_core
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SHAPES = [(3, 4), (2, 3)]  # (H, W) per level; 12 + 6 values

@@ -1,6 +1,8 @@
 """The official DETR's own test cases (its test_all.py), written anew against this codebase: matcher batching,
 TorchScript of the position encodings, backbone and hub models, the inputs a model accepts, ONNX export checked with
 onnxruntime; and the official builders' defaults."""
+import argparse
+
 import onnxruntime
 import pytest
 import torch
@@ -131,3 +133,66 @@ def test_build_model_from_the_default_flags_uses_the_official_class_count(datase
     model, criterion, postprocessors = build_model(args)
     assert model.class_embed.out_features == num_classes + 1 and criterion.num_classes == num_classes
     assert set(postprocessors) == {"bbox"}
+
+
+# the official DETR's module paths and public names (its hubconf, notebooks and scripts import these)
+OFFICIAL_NAMES = {
+    "main": ["get_args_parser", "main"],
+    "engine": ["train_one_epoch", "evaluate"],
+    "hubconf": ["detr_resnet50", "detr_resnet50_dc5", "detr_resnet101", "detr_resnet101_dc5",
+                "detr_resnet50_panoptic", "detr_resnet50_dc5_panoptic", "detr_resnet101_panoptic"],
+    "models": ["build_model"],
+    "models.detr": ["DETR", "SetCriterion", "PostProcess", "MLP", "build"],
+    "models.backbone": ["Backbone", "BackboneBase", "Joiner", "FrozenBatchNorm2d", "build_backbone"],
+    "models.position_encoding": ["PositionEmbeddingSine", "PositionEmbeddingLearned", "build_position_encoding"],
+    "models.matcher": ["HungarianMatcher", "build_matcher"],
+    "models.transformer": ["Transformer", "TransformerEncoder", "TransformerDecoder", "TransformerEncoderLayer",
+                           "TransformerDecoderLayer", "build_transformer"],
+    "models.segmentation": ["DETRsegm", "MHAttentionMap", "MaskHeadSmallConv", "PostProcessPanoptic",
+                            "PostProcessSegm", "dice_loss", "sigmoid_focal_loss"],
+    "util.misc": ["NestedTensor", "nested_tensor_from_tensor_list", "collate_fn", "MetricLogger", "SmoothedValue",
+                  "all_gather", "get_rank", "get_world_size", "is_main_process", "is_dist_avail_and_initialized"],
+    "util.box_ops": ["box_cxcywh_to_xyxy", "box_xyxy_to_cxcywh", "box_iou", "generalized_box_iou", "masks_to_boxes"],
+    "util.plot_utils": ["plot_logs", "plot_precision_recall"],
+    "datasets": ["build_dataset", "get_coco_api_from_dataset"],
+    "datasets.coco": ["CocoDetection", "ConvertCocoPolysToMask", "make_coco_transforms", "build"],
+    "datasets.coco_panoptic": ["CocoPanoptic", "build"],
+    "datasets.transforms": ["Compose", "RandomHorizontalFlip", "RandomResize", "RandomSelect", "RandomSizeCrop",
+                            "ToTensor", "Normalize"],
+    "datasets.coco_eval": ["CocoEvaluator"],
+    "datasets.panoptic_eval": ["PanopticEvaluator"],
+}
+# the modules that own what an official path re-exports
+OWNERS = {"models.transformer": "models.detr.transformer", "models.segmentation": "models.detr.segmentation",
+          "datasets.coco_eval": "evaluation.coco_eval", "datasets.panoptic_eval": "evaluation.panoptic_eval"}
+
+
+@pytest.mark.parametrize("module", sorted(OFFICIAL_NAMES))
+def test_official_module_paths_import_with_their_public_names(module):
+    import importlib
+
+    imported = importlib.import_module(module)
+    missing = [name for name in OFFICIAL_NAMES[module] if not hasattr(imported, name)]
+    assert missing == []
+    if module in OWNERS:  # a re-export is the owner's object, not a copy
+        owner = importlib.import_module(OWNERS[module])
+        for name in OFFICIAL_NAMES[module]:
+            assert getattr(imported, name) is getattr(owner, name, getattr(imported, name)), name
+            assert getattr(imported, name).__module__.startswith(("models.", "evaluation.")), name
+
+
+def test_official_segmentation_path_builds_a_working_mask_head():
+    from models.segmentation import DETRsegm, PostProcessSegm
+    from models.transformer import build_transformer
+
+    args = cli.get_args_parser().parse_args(["--backbone", "resnet18", "--no_pretrained_backbone", "--hidden_dim",
+                                             "128", "--nheads", "8", "--enc_layers", "1", "--dec_layers", "1",
+                                             "--dim_feedforward", "32", "--num_queries", "4", "--masks"])
+    transformer = build_transformer(args)
+    assert transformer.d_model == 128 and len(transformer.encoder.layers) == 1
+    model = build_model(argparse.Namespace(**{**vars(args), "num_classes": 5, "device": "cpu"}))[0]
+    assert isinstance(model, DETRsegm)
+    with torch.no_grad():
+        out = model.eval()(nested_tensor_from_tensor_list([torch.rand(3, 64, 64)]))
+    (result,) = PostProcessSegm()([{}], out, torch.tensor([[32, 48]]), torch.tensor([[64, 64]]))
+    assert result["masks"].shape == (4, 1, 32, 48) and set(result["masks"].unique().tolist()) <= {0, 1}

@@ -258,7 +258,11 @@ def test_official_import_paths_keep_working():
 
     nested = nested_tensor_from_tensor_list([torch.zeros(3, 4, 5), torch.zeros(3, 2, 6)])
     assert isinstance(nested, NestedTensor) and nested.tensors.shape == (2, 3, 4, 6)
-    assert callable(box_ops.generalized_box_iou) and callable(detr_resnet50_panoptic)
+    assert nested.mask[1].sum().item() == 4 * 6 - 2 * 6  # the second image's padding rows
+    a, b = torch.tensor([[0.0, 0.0, 2.0, 1.0]]), torch.tensor([[1.0, 0.0, 3.0, 2.0]])  # inter 1, union 5, hull 6
+    assert box_ops.generalized_box_iou(a, b).item() == pytest.approx(1 / 5 - 1 / 6)
+    model, postprocessor = detr_resnet50_panoptic(pretrained=False, num_classes=3, return_postprocessor=True)
+    assert model.detr.class_embed.out_features == 4 and postprocessor.is_thing_map == {0: True, 1: True, 2: True}
 
 
 def test_hub_panoptic_example_of_the_official_readme():

@@ -10,18 +10,15 @@ import torch
 
 import cli
 from models import build_model
-from tests.conftest import TINY_FLAGS
-from tests.tiny_checkpoints import ARCHITECTURE_FLAGS, train_tiny
+from tests.conftest import TINY_FLAGS, tiny_architecture_flags
+from tests.tiny_checkpoints import train_tiny
 from tools import export
 from tools.command_line import run_tool
 from util.nested_tensor import nested_tensor_from_tensor_list
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 OTHER_SIZE = (1, 3, 96, 160)  # neither the export example nor the tool's check sizes
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
 
 
 # Exporting costs seconds per thousand graph nodes: one decoder layer and two or three feature levels (still levels
@@ -42,7 +39,7 @@ def checkpoints(tiny_coco, tmp_path_factory) -> dict[str, Path]:
 
 def _eager(arch: str, checkpoint: Path, images: torch.Tensor) -> list[torch.Tensor]:
     """The checkpoint's model built here from the flags it was trained with, run as the export's caller would."""
-    args = cli.get_args_parser().parse_args([*TINY_FLAGS, "--num_classes", "12", *ARCHITECTURE_FLAGS[arch],
+    args = cli.get_args_parser().parse_args([*TINY_FLAGS, "--num_classes", "12", *tiny_architecture_flags(arch),
                                              *SMALLER[arch]])
     model, _, _ = build_model(args)
     model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])

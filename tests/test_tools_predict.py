@@ -19,12 +19,9 @@ from tools import predict
 from tools.command_line import run_tool
 from util.user_error import UserError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 EXIF_ORIENTATION = 0x0112
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,9 @@ from tools.command_line import run_tool
 from util.nested_tensor import collate_fn
 from util.tensorboard_log import COCO_STATS_NAMES
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ITERATIONS = 6  # 24 training images in batches of 4
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

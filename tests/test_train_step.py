@@ -8,7 +8,7 @@ import torch
 
 from datasets import build_dataset
 from engine import train_one_epoch
-from models import build_model
+from models import ARCHITECTURES, architecture, build_model
 from models.attention_weights import computes_weights, set_need_weights
 from models.detr import SetCriterion
 from models.param_groups import build_param_groups
@@ -198,12 +198,11 @@ def test_a_forward_hook_gets_the_attention_maps_as_in_the_official_notebook(tiny
     assert outputs["need_weights"] is False  # a layer whose outputs nobody hooks runs the fused kernel
 
 
-@pytest.mark.parametrize("meta_arch", ["deformable_detr", "dino"])
-def test_amp_bf16_trains_the_other_architectures(meta_arch):
-    from models import architecture
+@pytest.mark.parametrize("meta_arch", sorted(ARCHITECTURES))
+def test_amp_bf16_trains_every_architecture(meta_arch):
     from tests.test_family import _build, _images
 
-    model, criterion, args = _build(meta_arch)
+    model, criterion, args, _ = _build(meta_arch)
     optimizer = build_optimizer(architecture(meta_arch).param_groups(model, args), 1e-4, 1e-4)
     step = TrainStep(model, criterion, optimizer, 0.1, precision=Precision("bf16", torch.device("cpu")))
     targets = [{"labels": torch.tensor([1, 2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.4, 0.1, 0.1]])},

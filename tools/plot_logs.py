@@ -12,20 +12,20 @@ the total), the class error, the gradient norm, and box AP and AP50 (mask AP wit
 ``--pr``: ``eval/latest.pth`` (or ``eval/NNN.pth``), the COCOeval state ``engine.finish_epoch`` saves; written to
 ``--pr_out`` (default: ``--out`` with ``_pr`` before the suffix): precision against recall for each category at IoU
 0.50 and at 0.75 (all object sizes, up to 100 detections per image), and the mean detection score against recall,
-as the official ``util/plot_utils.py`` shows them. Category names come from the annotation files of ``--coco_path``,
-or of the run's ``config.yaml`` next to the ``eval`` folder.
+as the official ``util/plot_utils.py`` shows them (``util.plot_utils`` keeps the official functions). Category
+names come from the annotation files of ``--coco_path``, or of the run's ``config.yaml`` next to the ``eval``
+folder.
 """
 import argparse
-import json
 import math
 import re
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from datasets.category_names import dataset_category_names
 from tools.command_line import run_tool
+from util.plot_utils import load_evaluation, read_log
 from util.user_error import UserError
 
 COLUMNS = 4
@@ -43,23 +43,6 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pr_out", help="PNG file for the precision/recall curves (default: --out with _pr)")
     parser.add_argument("--coco_path", help="dataset folder whose annotation files name the categories of --pr")
     return parser
-
-
-def read_log(path: Path) -> list[dict]:
-    """The epochs of a ``log.txt`` (one JSON object per line), in order."""
-    path = path / "log.txt" if path.is_dir() else path
-    if not path.is_file():
-        raise UserError(f"LOG {path}: no such file (a run's log.txt or its output folder)")
-    entries = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"LOG {path}: line {number} is not JSON ({exc.msg})") from exc
-    if not entries:
-        raise UserError(f"LOG {path}: no epoch logged yet")
-    return entries
 
 
 def run_name(path: Path) -> str:
@@ -95,7 +78,7 @@ def _series(run: list[dict], panel: str) -> list[tuple[str, list[float], list[fl
     return lines
 
 
-def plot_logs(paths: list[Path], out: Path, names: list[str] | None = None) -> Path:
+def write_training_curves(paths: list[Path], out: Path, names: list[str] | None = None) -> Path:
     """Write the training curves of the runs ``paths`` to ``out`` (PNG); returns ``out``."""
     import matplotlib
 
@@ -131,28 +114,7 @@ def plot_logs(paths: list[Path], out: Path, names: list[str] | None = None) -> P
     return out
 
 
-def load_evaluation(path: Path) -> dict:
-    """A saved COCOeval ``eval`` dict (``precision`` [T, R, K, A, M], ``scores``, ``recall``, ``params``), loaded
-    with only pycocotools' Params and numpy arrays allowed besides tensors and containers."""
-    from pycocotools.cocoeval import Params
-
-    if not path.is_file():
-        raise UserError(f"--pr {path}: no such file (a run's eval/latest.pth)")
-    from numpy._core import multiarray  # where numpy 2 pickles arrays from
-
-    allowed = [Params, np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
-    allowed += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-    try:
-        with torch.serialization.safe_globals(allowed):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for files it cannot read
-        raise UserError(f"--pr {path}: not a saved evaluation ({type(exc).__name__})") from exc
-    if not isinstance(data, dict) or "precision" not in data:
-        raise UserError(f"--pr {path}: not a saved COCOeval state (no 'precision')")
-    return data
-
-
-def plot_precision_recall(path: Path, out: Path, category_names: dict[int, str] | None = None) -> Path:
+def write_precision_recall(path: Path, out: Path, category_names: dict[int, str] | None = None) -> Path:
     """Write per-category precision/recall curves at IoU 0.50 and 0.75 and score/recall of ``path`` to ``out``."""
     import matplotlib
 
@@ -215,7 +177,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise UserError("--out is required with LOG files: the PNG file for the training curves")
     written = []
     if args.logs:
-        written.append(plot_logs([Path(p) for p in args.logs], Path(args.out), args.names))
+        written.append(write_training_curves([Path(p) for p in args.logs], Path(args.out), args.names))
     if args.pr:
         pr_out = Path(args.pr_out) if args.pr_out else None
         if pr_out is None:
@@ -224,7 +186,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             pr_out = Path(args.out).with_name(f"{Path(args.out).stem}_pr{Path(args.out).suffix or '.png'}")
         coco_path = args.coco_path or _run_coco_path(Path(args.pr))
         names = dataset_category_names(coco_path) if coco_path else {}
-        written.append(plot_precision_recall(Path(args.pr), pr_out, names))
+        written.append(write_precision_recall(Path(args.pr), pr_out, names))
     for path in written:
         print(f"wrote {path}", flush=True)
     return written

@@ -1,10 +1,10 @@
 """Box format conversions and generalised IoU.
 
 Boxes are ``[N, 4]`` tensors, either centre format (cx, cy, w, h) or corner format (x0, y0, x1, y1).
-IoU and GIoU come from torchvision.ops; the conversions keep DETR's names.
+The conversions keep DETR's names. The generalised IoU takes an epsilon added to the union and the enclosing area
+(DETR 0; DINO 1e-6, so that zero-area boxes give finite values); with 0 it equals ``torchvision.ops``' bit for bit.
 """
 import torch
-from torchvision.ops import generalized_box_iou as _generalized_box_iou
 from torchvision.ops import masks_to_boxes as _masks_to_boxes
 
 
@@ -42,26 +42,43 @@ def _check_boxes(boxes: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} has x1 < x0 or y1 < y0")
 
 
-def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """Pairwise generalised IoU ``[N, M]`` of xyxy boxes (Rezatofighi et al. 2019), in [-1, 1].
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision coordinates in float32 (as torchvision), others as they are: areas overflow in float16."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Pairwise generalised IoU ``[N, M]`` of xyxy boxes (Rezatofighi et al. 2019), in [-1, 1]; ``eps`` is added
+    to the union and to the enclosing box's area.
 
     Degenerate boxes (x1 < x0 or y1 < y0) would give wrong answers silently, so they are rejected.
     """
     _check_boxes(boxes1, "generalized_box_iou: boxes1")
     _check_boxes(boxes2, "generalized_box_iou: boxes2")
-    return _generalized_box_iou(boxes1, boxes2)
+    area1, area2 = box_area(boxes1), box_area(boxes2)
+    lt = torch.max(boxes1[:, None, :2], boxes2[:, :2])
+    rb = torch.min(boxes1[:, None, 2:], boxes2[:, 2:])
+    wh = _upcast(rb - lt).clamp(min=0)
+    inter = wh[:, :, 0] * wh[:, :, 1]
+    union = area1[:, None] + area2 - inter
+    iou = inter / (union + eps)
+    lt = torch.min(boxes1[:, None, :2], boxes2[:, :2])
+    rb = torch.max(boxes1[:, None, 2:], boxes2[:, 2:])
+    wh = _upcast(rb - lt).clamp(min=0)
+    area = wh[:, :, 0] * wh[:, :, 1]
+    return iou - (area - union) / (area + eps)
 
 
-def paired_generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+def paired_generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """GIoU of ``boxes1[i]`` with ``boxes2[i]``, ``[N]``: the diagonal of :func:`generalized_box_iou` in O(N),
-    with the same arithmetic (no epsilon), for the set loss."""
+    with the same arithmetic, for the set loss."""
     area1, area2 = box_area(boxes1), box_area(boxes2)
     wh = (torch.min(boxes1[:, 2:], boxes2[:, 2:]) - torch.max(boxes1[:, :2], boxes2[:, :2])).clamp(min=0)
     inter = wh[:, 0] * wh[:, 1]
     union = area1 + area2 - inter
     wh_c = (torch.max(boxes1[:, 2:], boxes2[:, 2:]) - torch.min(boxes1[:, :2], boxes2[:, :2])).clamp(min=0)
     area_c = wh_c[:, 0] * wh_c[:, 1]
-    return inter / union - (area_c - union) / area_c
+    return inter / (union + eps) - (area_c - union) / (area_c + eps)
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:

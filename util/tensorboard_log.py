@@ -24,7 +24,6 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
-from datasets.coco import IMAGENET_MEAN, IMAGENET_STD
 from util.box_ops import box_cxcywh_to_xyxy
 from util.checkpoint import preserved_rng_state
 from util.drawing import colour, draw_boxes, image_from_normalized
@@ -41,11 +40,16 @@ MIN_PICTURE_SIDE = 256  # smaller images are enlarged (nearest neighbour) so tha
 
 class TensorBoardLog:
     """Writes the values of :func:`engine.train_one_epoch` steps and :func:`engine.finish_epoch` epochs; ``close``
-    at the end. ``category_names``: id -> name for the pictures' captions."""
+    at the end. ``category_names``: id -> name for the pictures' captions; ``image_mean`` / ``image_std``: the
+    per-channel normalisation of the model's input images, undone for the pictures (None: inputs in [0, 1])."""
 
-    def __init__(self, log_dir: str | Path, category_names: dict[int, str] | None = None):
+    def __init__(self, log_dir: str | Path, category_names: dict[int, str] | None = None,
+                 image_mean: tuple[float, float, float] | None = None,
+                 image_std: tuple[float, float, float] | None = None):
         self.writer = SummaryWriter(log_dir=str(log_dir))
         self.category_names = category_names or {}
+        self.image_mean = image_mean or (0.0, 0.0, 0.0)
+        self.image_std = image_std or (1.0, 1.0, 1.0)
         self.pending: list[tuple[int, list[str], list[float], Tensor, list[float], float]] = []
         self.last_time: float | None = None
 
@@ -143,7 +147,7 @@ class TensorBoardLog:
 
     def _picture(self, image: Tensor, target: dict, result: dict) -> Image.Image:
         """Ground truth and predictions of one normalised image ``[3, h, w]``, side by side."""
-        base = image_from_normalized(image, IMAGENET_MEAN, IMAGENET_STD)
+        base = image_from_normalized(image, self.image_mean, self.image_std)
         scale = max(1, -(-MIN_PICTURE_SIDE // min(base.size)))
         base = base.resize((base.width * scale, base.height * scale), Image.NEAREST)
         h, w = (int(v) for v in target["size"])

@@ -6,16 +6,18 @@ import math
 import torch
 from torch import nn
 
-from datasets import official_num_classes
 from models.backbone import build_backbone
 from models.deformable_detr.criterion import DeformableCriterion
 from models.deformable_detr.deformable_detr import DeformableDETR
 from models.deformable_detr.deformable_transformer import DeformableTransformer
-from models.deformable_detr.matcher import FocalHungarianMatcher
-from models.deformable_detr.ms_deform_attn import MSDeformAttn
-from models.deformable_detr.postprocess import PostProcess
+from models.layers.ms_deform_attn import MSDeformAttn
+from models.matcher import FocalHungarianMatcher
 from models.param_groups import build_param_groups
 from models.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
+from models.postprocess import SigmoidTopKPostProcess
+
+# shared flags this architecture does not read (cli.check_args: changed from their defaults, they are errors)
+UNUSED_SHARED_FLAGS = ("pre_norm",)
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -42,13 +44,6 @@ def _backbone_layers(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def check_flags(args: argparse.Namespace) -> None:
-    if args.masks:
-        raise ValueError("--masks is not supported with --meta_arch deformable_detr (the official Deformable DETR "
-                         "has no working mask head)")
-    if args.query_groups != 1:
-        raise ValueError(f"--query_groups must be 1 with --meta_arch deformable_detr, got {args.query_groups}")
-    if args.pre_norm:
-        raise ValueError("--pre_norm is not supported with --meta_arch deformable_detr (its layers are post-norm)")
     if args.two_stage and not args.with_box_refine:
         raise ValueError("--two_stage needs --with_box_refine (the official two-stage model refines the proposals "
                          "with per-layer box heads)")
@@ -77,12 +72,8 @@ def build_weight_dict(args: argparse.Namespace) -> dict[str, float]:
 
 
 def build(args: argparse.Namespace, is_thing_map: dict[int, bool] | None = None) -> tuple[nn.Module, nn.Module, dict]:
-    """Deformable DETR, its criterion and post-processor; ``--num_classes`` defaults to the dataset's official
-    count. ``is_thing_map`` is unused (no mask head)."""
-    check_flags(args)
-    num_classes = args.num_classes if args.num_classes is not None else official_num_classes(args.dataset_file)
-    if num_classes < 1:
-        raise ValueError(f"--num_classes must be a positive integer, got {num_classes}")
+    """Deformable DETR, its criterion and post-processor; ``is_thing_map`` is unused (no mask head)."""
+    num_classes = args.num_classes
     if args.position_embedding == "sine":
         position_embedding = PositionEmbeddingSine(args.hidden_dim // 2, normalize=True,
                                                    scale=args.position_embedding_scale, offset=-0.5)
@@ -104,7 +95,7 @@ def build(args: argparse.Namespace, is_thing_map: dict[int, bool] | None = None)
     criterion = DeformableCriterion(num_classes, matcher, build_weight_dict(args),
                                     losses=["labels", "boxes", "cardinality"], focal_alpha=args.focal_alpha)
     criterion.to(torch.device(args.device))
-    return model, criterion, {"bbox": PostProcess()}
+    return model, criterion, {"bbox": SigmoidTopKPostProcess(num_select=100)}
 
 
 def linear_projections(model: nn.Module) -> list[nn.Module]:

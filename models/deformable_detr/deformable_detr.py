@@ -1,21 +1,18 @@
 """Deformable DETR (Zhu et al., "Deformable DETR: Deformable Transformers for End-to-End Object Detection",
 ICLR 2021, arXiv:2010.04159): multi-level features, a deformable transformer and sigmoid class heads; optionally
 iterative box refinement and two-stage queries."""
-import copy
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.deformable_detr.deformable_transformer import DeformableTransformer, inverse_sigmoid
+from models.deformable_detr.deformable_transformer import DeformableTransformer
 from models.fp32_head import head_in_fp32
+from models.layers.box_encoding import inverse_sigmoid
+from models.layers.clones import clones
+from models.layers.input_projections import init_projections, level_projections, project_levels
 from models.mlp import MLP
 from util.nested_tensor import NestedTensor, nested_tensor_from_tensor_list
-
-
-def _clones(module: nn.Module, n: int) -> nn.ModuleList:
-    return nn.ModuleList([copy.deepcopy(module) for _ in range(n)])
 
 
 class DeformableDETR(nn.Module):
@@ -44,18 +41,7 @@ class DeformableDETR(nn.Module):
         self.num_feature_levels = num_feature_levels
         if not two_stage:
             self.query_embed = nn.Embedding(num_queries, hidden_dim * 2)
-        channels = list(backbone.feature_channels)
-        if num_feature_levels < len(channels):
-            raise ValueError(f"DeformableDETR: {num_feature_levels} feature levels cannot hold the backbone's "
-                             f"{len(channels)} maps")
-        projections = [nn.Sequential(nn.Conv2d(c, hidden_dim, kernel_size=1), nn.GroupNorm(32, hidden_dim))
-                       for c in channels]
-        in_channels = channels[-1]
-        for _ in range(num_feature_levels - len(channels)):
-            projections.append(nn.Sequential(nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1),
-                                             nn.GroupNorm(32, hidden_dim)))
-            in_channels = hidden_dim
-        self.input_proj = nn.ModuleList(projections)
+        self.input_proj = level_projections(list(backbone.feature_channels), hidden_dim, num_feature_levels)
         self.backbone = backbone
         self.aux_loss = aux_loss
         self.with_box_refine = with_box_refine
@@ -67,14 +53,12 @@ class DeformableDETR(nn.Module):
             class_embed.bias.fill_(-math.log((1 - prior_prob) / prior_prob))
         nn.init.constant_(bbox_embed.layers[-1].weight, 0)
         nn.init.constant_(bbox_embed.layers[-1].bias, 0)
-        for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
-            nn.init.constant_(proj[0].bias, 0)
+        init_projections(self.input_proj)
 
         num_pred = transformer.decoder.num_layers + (1 if two_stage else 0)  # the last head scores the proposals
         if with_box_refine:
-            self.class_embed = _clones(class_embed, num_pred)
-            self.bbox_embed = _clones(bbox_embed, num_pred)
+            self.class_embed = clones(class_embed, num_pred)
+            self.bbox_embed = clones(bbox_embed, num_pred)
             nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)
             self.transformer.decoder.bbox_embed = self.bbox_embed
         else:
@@ -99,19 +83,7 @@ class DeformableDETR(nn.Module):
         if isinstance(samples, (list, torch.Tensor)):
             samples = nested_tensor_from_tensor_list(samples)
         features, pos = self.backbone(samples)
-        srcs, masks = [], []
-        for level, feature in enumerate(features):
-            src, mask = feature.decompose()
-            assert mask is not None
-            srcs.append(self.input_proj[level](src))
-            masks.append(mask)
-        for level in range(len(features), self.num_feature_levels):  # extra levels, each halving the previous
-            src = self.input_proj[level](features[-1].tensors if level == len(features) else srcs[-1])
-            mask = F.interpolate(samples.mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0]
-            srcs.append(src)
-            masks.append(mask)
-            pos.append(self.backbone[1](NestedTensor(src, mask)).to(src.dtype))
-
+        srcs, masks, pos = project_levels(self.input_proj, features, samples.mask, self.backbone[1], pos)
         query_embeds = None if self.two_stage else self.query_embed.weight
         hs, init_reference, inter_references, enc_class, enc_coord_unact = self.transformer(srcs, masks, pos,
                                                                                             query_embeds)

@@ -4,27 +4,18 @@ cross-attend through deformable attention around reference points, and the two-s
 Coordinates are normalised: reference points (x, y) and boxes (cx, cy, w, h) in [0, 1] of the valid (unpadded)
 image, except the per-level reference points the attention reads, which are relative to each padded map.
 """
-import copy
-import math
-
 import torch
 from torch import Tensor, nn
 
 from models.activation import activation_fn
 from models.attention_weights import computes_weights, has_forward_hooks
-from models.deformable_detr.ms_deform_attn import MSDeformAttn, SpatialShapes, sizes_tensor
-from models.deformable_detr.token_positions import encoder_proposals, encoder_reference_points
 from models.fp32_head import head_in_fp32
-
-
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """Logit of ``x`` clamped to [0, 1], with ``x`` and ``1 - x`` kept at least ``eps``; any shape."""
-    x = x.clamp(min=0, max=1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
-
-
-def _clones(module: nn.Module, n: int) -> nn.ModuleList:
-    return nn.ModuleList([copy.deepcopy(module) for _ in range(n)])
+from models.layers.box_encoding import inverse_sigmoid, sine_embedding
+from models.layers.clones import clones
+from models.layers.deformable_encoder import DeformableTransformerEncoder, DeformableTransformerEncoderLayer
+from models.layers.levels import flatten_levels
+from models.layers.ms_deform_attn import MSDeformAttn, SpatialShapes
+from models.layers.token_positions import encoder_proposals
 
 
 class DeformableTransformer(nn.Module):
@@ -76,31 +67,18 @@ class DeformableTransformer(nn.Module):
         nn.init.normal_(self.level_embed)
 
     def get_proposal_pos_embed(self, proposals: Tensor) -> Tensor:
-        """Sine embedding of proposal logits ``[B, N, 4]`` (sigmoid first, then scaled by 2 pi) -> ``[B, N, 2C]``:
-        C/2 features per coordinate (even ones sine, odd ones cosine), coordinates in the order cx, cy, w, h. (The
-        official code fixes 128 features, so its two-stage model needs C = 256; the numbers are the same there.)"""
-        num_pos_feats, temperature, scale = self.d_model // 2, 10000, 2 * math.pi
-        dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=proposals.device)
-        dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
-        pos = (proposals.sigmoid() * scale)[:, :, :, None] / dim_t  # [B, N, 4, C/2]
-        return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
+        """Sine embedding of proposal logits ``[B, N, 4]`` (sigmoid first) -> ``[B, N, 2C]``: C/2 features per
+        coordinate in the order cx, cy, w, h (models/layers/box_encoding.py). (The official code fixes 128 features,
+        so its two-stage model needs C = 256; the numbers are the same there.)"""
+        return sine_embedding(proposals.sigmoid(), self.d_model // 2)
 
     def gen_encoder_output_proposals(self, memory: Tensor, memory_padding_mask: Tensor,
                                      spatial_shapes: SpatialShapes) -> tuple[Tensor, Tensor]:
-        """One proposal per encoder token (models/deformable_detr/token_positions.py): (``enc_output_norm(
-        enc_output(memory))`` with padded and invalid tokens zeroed first ``[B, S, C]``, proposal logits ``[B, S,
-        4]``, +inf where invalid)."""
+        """One proposal per encoder token (models/layers/token_positions.py): (``enc_output_norm(enc_output(
+        memory))`` with padded and invalid tokens zeroed first ``[B, S, C]``, proposal logits ``[B, S, 4]``, +inf
+        where invalid)."""
         output_memory, output_proposals = encoder_proposals(memory, memory_padding_mask, spatial_shapes)
         return self.enc_output_norm(self.enc_output(output_memory)), output_proposals
-
-    @staticmethod
-    def get_valid_ratio(mask: Tensor) -> Tensor:
-        """Fraction of a padded map ``mask`` ``[B, H, W]`` (True on padding) that the image covers: ``[B, 2]``
-        (width ratio, height ratio), read from the first row and column."""
-        _, height, width = mask.shape
-        valid_h = torch.sum(~mask[:, :, 0], 1)
-        valid_w = torch.sum(~mask[:, 0, :], 1)
-        return torch.stack([valid_w.float() / width, valid_h.float() / height], -1)
 
     def forward(self, srcs: list[Tensor], masks: list[Tensor], pos_embeds: list[Tensor],
                 query_embed: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
@@ -114,28 +92,17 @@ class DeformableTransformer(nn.Module):
         """
         if not self.two_stage and query_embed is None:
             raise ValueError("DeformableTransformer: query_embed is required without two_stage")
-        src_flatten, mask_flatten, lvl_pos_embed_flatten, shapes = [], [], [], []
-        for level, (src, mask, pos_embed) in enumerate(zip(srcs, masks, pos_embeds)):
-            shapes.append((src.shape[-2], src.shape[-1]))
-            src_flatten.append(src.flatten(2).transpose(1, 2))
-            mask_flatten.append(mask.flatten(1))
-            lvl_pos_embed_flatten.append(pos_embed.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1))
-        src_flatten = torch.cat(src_flatten, 1)
-        mask_flatten = torch.cat(mask_flatten, 1)
-        lvl_pos_embed_flatten = torch.cat(lvl_pos_embed_flatten, 1)
-        # the sizes travel as Python integers (symbolic in exported graphs); the tensor gives the level starts
-        spatial_shapes = sizes_tensor(shapes, src_flatten.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        valid_ratios = torch.stack([self.get_valid_ratio(m) for m in masks], 1)  # [B, L, 2]
-
-        memory = self.encoder(src_flatten, shapes, level_start_index, valid_ratios, lvl_pos_embed_flatten, mask_flatten)
+        levels = flatten_levels(srcs, masks, pos_embeds, self.level_embed)
+        shapes, mask_flatten = levels.sizes, levels.mask
+        memory = self.encoder(levels.src, levels.pos, shapes, levels.level_start_index, levels.valid_ratios,
+                              mask_flatten)
 
         batch, _, channels = memory.shape
         enc_outputs_class = enc_outputs_coord_unact = None
         if self.two_stage:
             if self.two_stage_num_proposals > memory.shape[1]:
                 raise ValueError(f"DeformableTransformer: {self.two_stage_num_proposals} proposals asked of only "
-                                 f"{memory.shape[1]} encoder tokens (fewer --num_queries or larger images)")
+                                 f"{memory.shape[1]} encoder tokens (fewer queries or larger images)")
             output_memory, output_proposals = self.gen_encoder_output_proposals(memory, mask_flatten, shapes)
             # the model's extra heads (after one per decoder layer) score and refine the proposals
             enc_outputs_class = head_in_fp32(self.decoder.class_embed[self.decoder.num_layers], output_memory)
@@ -154,66 +121,9 @@ class DeformableTransformer(nn.Module):
             reference_points = self.reference_points(query_pos).sigmoid()
         init_reference_out = reference_points
 
-        hs, inter_references = self.decoder(tgt, reference_points, memory, shapes, level_start_index,
-                                            valid_ratios, query_pos, mask_flatten)
+        hs, inter_references = self.decoder(tgt, reference_points, memory, shapes, levels.level_start_index,
+                                            levels.valid_ratios, query_pos, mask_flatten)
         return hs, init_reference_out, inter_references, enc_outputs_class, enc_outputs_coord_unact
-
-
-class DeformableTransformerEncoderLayer(nn.Module):
-    """Deformable self-attention over all levels, then a feed-forward block; post-norm."""
-
-    def __init__(self, d_model: int = 256, d_ffn: int = 1024, dropout: float = 0.1, activation: str = "relu",
-                 n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
-        super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
-        self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.activation = activation_fn(activation)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout3 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-
-    @staticmethod
-    def with_pos_embed(tensor: Tensor, pos: Tensor | None) -> Tensor:
-        return tensor if pos is None else tensor + pos
-
-    def forward_ffn(self, src: Tensor) -> Tensor:
-        src2 = self.linear2(self.dropout2(self.activation(self.linear1(src))))
-        return self.norm2(src + self.dropout3(src2))
-
-    def forward(self, src: Tensor, pos: Tensor | None, reference_points: Tensor, spatial_shapes: SpatialShapes,
-                level_start_index: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """src, pos: ``[B, S, C]``; reference_points: ``[B, S, L, 2]``; padding_mask: ``[B, S]``."""
-        src2 = self.self_attn(self.with_pos_embed(src, pos), reference_points, src, spatial_shapes,
-                              level_start_index, padding_mask)
-        src = self.norm1(src + self.dropout1(src2))
-        return self.forward_ffn(src)
-
-
-class DeformableTransformerEncoder(nn.Module):
-    """``num_layers`` encoder layers; every token's reference point is its own cell centre."""
-
-    def __init__(self, encoder_layer: nn.Module, num_layers: int):
-        super().__init__()
-        self.layers = _clones(encoder_layer, num_layers)
-        self.num_layers = num_layers
-
-    @staticmethod
-    def get_reference_points(spatial_shapes: SpatialShapes, valid_ratios: Tensor, device: torch.device) -> Tensor:
-        """Cell centres of every level seen from every level, ``[B, S, L, 2]``
-        (models/deformable_detr/token_positions.py; ``device`` is valid_ratios')."""
-        return encoder_reference_points(spatial_shapes, valid_ratios)
-
-    def forward(self, src: Tensor, spatial_shapes: SpatialShapes, level_start_index: Tensor, valid_ratios: Tensor,
-                pos: Tensor | None = None, padding_mask: Tensor | None = None) -> Tensor:
-        """src, pos: ``[B, S, C]``; valid_ratios: ``[B, L, 2]``; padding_mask: ``[B, S]``. Returns ``[B, S, C]``."""
-        output = src
-        reference_points = self.get_reference_points(spatial_shapes, valid_ratios, device=src.device)
-        for layer in self.layers:
-            output = layer(output, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
-        return output
 
 
 class DeformableTransformerDecoderLayer(nn.Module):
@@ -270,7 +180,7 @@ class DeformableTransformerDecoder(nn.Module):
 
     def __init__(self, decoder_layer: nn.Module, num_layers: int, return_intermediate: bool = False):
         super().__init__()
-        self.layers = _clones(decoder_layer, num_layers)
+        self.layers = clones(decoder_layer, num_layers)
         self.num_layers = num_layers
         self.return_intermediate = return_intermediate
         self.bbox_embed: nn.ModuleList | None = None

@@ -9,7 +9,10 @@ from models.mlp import MLP
 from models.postprocess import PostProcess
 from models.registry import Architecture
 
+# shared flags DETR does not read (multi-scale deformable attention, the sigmoid classifiers' focal loss)
+UNUSED_SHARED_FLAGS = ("num_feature_levels", "enc_n_points", "dec_n_points", "cls_loss_coef", "focal_alpha")
+
 ARCHITECTURE = Architecture(name="detr", build=build, add_flags=add_flags, check_flags=check_flags,
-                            param_groups=param_groups)
+                            param_groups=param_groups, unused_shared_flags=UNUSED_SHARED_FLAGS)
 
 __all__ = ["ARCHITECTURE", "DETR", "MLP", "PostProcess", "SetCriterion", "build"]

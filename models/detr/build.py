@@ -4,7 +4,6 @@ import argparse
 import torch
 from torch import nn
 
-from datasets import official_num_classes
 from models.backbone import build_backbone
 from models.criterion import SetCriterion
 from models.detr.detr import DETR
@@ -16,7 +15,7 @@ from models.detr.segmentation import (
     coco_panoptic_is_thing_map,
     mask_head_widths,
 )
-from models.detr.transformer import Transformer
+from models.detr.transformer import build_transformer
 from models.matcher import build_matcher
 from models.param_groups import build_param_groups
 from models.postprocess import PostProcess
@@ -24,16 +23,22 @@ from models.postprocess import PostProcess
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("DETR (--meta_arch detr)")
-    group.add_argument("--pre_norm", action="store_true", help="layer norm before (not after) each transformer block")
     group.add_argument("--eos_coef", default=0.1, type=float,
                        help="relative classification weight of the no-object class")
     group.add_argument("--query_groups", default=1, type=int,
                        help="train with this many one-to-one matched query groups (Group DETR); 1 = DETR")
+    group.add_argument("--masks", action="store_true", help="train the segmentation head if the flag is provided")
+    group.add_argument("--frozen_weights", type=str, default=None,
+                       help="Path to the pretrained model. If set, only the mask head will be trained")
+    group.add_argument("--mask_loss_coef", default=1, type=float)
+    group.add_argument("--dice_loss_coef", default=1, type=float)
 
 
 def check_flags(args: argparse.Namespace) -> None:
     if args.query_groups < 1:
         raise ValueError(f"--query_groups must be at least 1, got {args.query_groups}")
+    if args.frozen_weights and not args.masks:
+        raise ValueError("--frozen_weights is only for training the segmentation head: add --masks")
     if args.masks:
         levels = int(args.feature_layer[-1]) - 1  # FPN inputs: the stages below the last one
         widths = mask_head_widths(args.hidden_dim + args.nheads, args.hidden_dim, levels)
@@ -45,15 +50,10 @@ def check_flags(args: argparse.Namespace) -> None:
 
 
 def build(args: argparse.Namespace, is_thing_map: dict[int, bool] | None = None) -> tuple[nn.Module, nn.Module, dict]:
-    """DETR, its criterion and post-processors; ``--num_classes`` defaults to the dataset's official count."""
-    num_classes = args.num_classes if args.num_classes is not None else official_num_classes(args.dataset_file)
-    if num_classes < 1:
-        raise ValueError(f"--num_classes must be a positive integer, got {num_classes}")
+    """DETR, its criterion and post-processors."""
+    num_classes = args.num_classes
     backbone = build_backbone(args)  # before the transformer: the order of random initialisation is the official one
-    transformer = Transformer(d_model=args.hidden_dim, dropout=args.dropout, nhead=args.nheads,
-                              dim_feedforward=args.dim_feedforward, num_encoder_layers=args.enc_layers,
-                              num_decoder_layers=args.dec_layers, normalize_before=args.pre_norm,
-                              return_intermediate_dec=True)
+    transformer = build_transformer(args)
     model = DETR(backbone, transformer, num_classes=num_classes, num_queries=args.num_queries,
                  aux_loss=args.aux_loss, query_groups=args.query_groups)
     if args.masks:

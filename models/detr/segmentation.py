@@ -48,7 +48,7 @@ class DETRsegm(nn.Module):
         hidden_dim, nheads = detr.transformer.d_model, detr.transformer.nhead
         feature_channels = detr.backbone.feature_channels
         if len(feature_channels) < 2:
-            raise ValueError("DETRsegm needs a backbone built with return_interm_layers=True (the --masks flag)")
+            raise ValueError("DETRsegm needs a backbone built with return_interm_layers=True")
         self.bbox_attention = MHAttentionMap(hidden_dim, hidden_dim, nheads, dropout=0.0)
         # FPN inputs: the stages before the last, nearest to it first (official R50: layer3, layer2, layer1)
         self.mask_head = MaskHeadSmallConv(hidden_dim + nheads, feature_channels[-2::-1], hidden_dim)

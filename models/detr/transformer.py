@@ -9,13 +9,12 @@ says where): the same attention as the official code up to floating-point roundi
 is True (``need_attention_weights=True``, or set on one layer by a tool that reads the maps through a forward hook,
 as tools/analysis/visualize_attention.py does) computes and returns them as the official code does.
 """
-import copy
-
 import torch
 from torch import Tensor, nn
 
 from models.activation import activation_fn
 from models.attention_weights import computes_weights, has_forward_hooks
+from models.layers.clones import clones
 
 
 class Transformer(nn.Module):
@@ -65,7 +64,7 @@ class Transformer(nn.Module):
 class TransformerEncoder(nn.Module):
     def __init__(self, encoder_layer: nn.Module, num_layers: int, norm: nn.Module | None = None):
         super().__init__()
-        self.layers = _clones(encoder_layer, num_layers)
+        self.layers = clones(encoder_layer, num_layers)
         self.num_layers = num_layers
         self.norm = norm
 
@@ -83,7 +82,7 @@ class TransformerDecoder(nn.Module):
     def __init__(self, decoder_layer: nn.Module, num_layers: int, norm: nn.Module | None = None,
                  return_intermediate: bool = False):
         super().__init__()
-        self.layers = _clones(decoder_layer, num_layers)
+        self.layers = clones(decoder_layer, num_layers)
         self.num_layers = num_layers
         self.norm = norm
         self.return_intermediate = return_intermediate
@@ -225,11 +224,8 @@ class TransformerDecoderLayer(nn.Module):
         return self.norm3(tgt + self.dropout3(self._feed_forward(tgt)))
 
 
-def _clones(module: nn.Module, n: int) -> nn.ModuleList:
-    return nn.ModuleList([copy.deepcopy(module) for _ in range(n)])
-
-
 def build_transformer(args) -> Transformer:
+    """DETR's transformer from the flags (the official ``build_transformer``), intermediate decoder outputs kept."""
     return Transformer(d_model=args.hidden_dim, dropout=args.dropout, nhead=args.nheads,
                        dim_feedforward=args.dim_feedforward, num_encoder_layers=args.enc_layers,
                        num_decoder_layers=args.dec_layers, normalize_before=args.pre_norm,

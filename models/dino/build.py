@@ -10,23 +10,24 @@ import argparse
 import torch
 from torch import nn
 
-from datasets import official_num_classes
 from models.activation import DINO_ACTIVATIONS
 from models.backbone import build_backbone
-from models.dino.criterion import DINOCriterion
+from models.dino.criterion import GIOU_EPS, DINOCriterion
 from models.dino.decoder import MODULES, SELF_ATTENTION_TYPES
 from models.dino.dino import DINO
-from models.dino.matcher import FocalHungarianMatcher
-from models.dino.postprocess import PostProcess
-from models.dino.transformer import TWO_STAGE_TYPES, DeformableTransformer
+from models.dino.transformer import TWO_STAGE_TYPES, DINOTransformer
+from models.matcher import FocalHungarianMatcher
 from models.param_groups import build_param_groups
 from models.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
+from models.postprocess import SigmoidTopKPostProcess
 
 # --return_interm_indices -> the backbone stages read (the official code reads the last len(indices) stages)
 RETURN_INTERM_INDICES = {(1, 2, 3): ("layer2", "layer3", "layer4"),
                          (0, 1, 2, 3): ("layer1", "layer2", "layer3", "layer4"),
                          (3,): ("layer4",)}
 MATCHER_TYPES = ("HungarianMatcher",)
+# shared flags DINO does not read (its stages come from --return_interm_indices); changed, they are errors
+UNUSED_SHARED_FLAGS = ("feature_layer",)
 
 
 def _add_switch(group, name: str, default: bool, help: str) -> None:
@@ -93,12 +94,6 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def check_flags(args: argparse.Namespace) -> None:
-    if args.masks:
-        raise ValueError("--masks: DINO has no mask head here")
-    if args.query_groups != 1:
-        raise ValueError("--query_groups is Group DETR's (--meta_arch detr); DINO trains with denoising groups")
-    if args.feature_layer != "layer4":
-        raise ValueError("--feature_layer must be layer4 for DINO (its stages come from --return_interm_indices)")
     indices = tuple(args.return_interm_indices)
     if indices not in RETURN_INTERM_INDICES:
         raise ValueError(f"--return_interm_indices must be one of {[list(k) for k in RETURN_INTERM_INDICES]}, "
@@ -130,6 +125,9 @@ def check_flags(args: argparse.Namespace) -> None:
                          f"{args.dn_label_noise_ratio}")
     if args.dn_labelbook_size is not None and args.dn_labelbook_size < 1:
         raise ValueError(f"--dn_labelbook_size must be positive, got {args.dn_labelbook_size}")
+    if None not in (args.dn_labelbook_size, args.num_classes) and args.num_classes > args.dn_labelbook_size + 1:
+        raise ValueError(f"--dn_labelbook_size ({args.dn_labelbook_size}) must be at least --num_classes - 1 "
+                         f"({args.num_classes - 1}): the denoising labels index its embedding")
     if args.num_select < 1:
         raise ValueError(f"--num_select must be at least 1, got {args.num_select}")
     if args.pe_temperatureH <= 0 or args.pe_temperatureW <= 0:
@@ -162,19 +160,13 @@ def build_weight_dict(args: argparse.Namespace) -> dict[str, float]:
 
 
 def build(args: argparse.Namespace, is_thing_map: dict[int, bool] | None = None) -> tuple[nn.Module, nn.Module, dict]:
-    """DINO, its criterion and post-processors; ``--num_classes`` defaults to the dataset's official count."""
-    check_flags(args)
-    num_classes = args.num_classes if args.num_classes is not None else official_num_classes(args.dataset_file)
-    if num_classes < 1:
-        raise ValueError(f"--num_classes must be a positive integer, got {num_classes}")
+    """DINO, its criterion and post-processors."""
+    num_classes = args.num_classes
     dn_labelbook_size = args.dn_labelbook_size if args.dn_labelbook_size is not None else num_classes
-    if num_classes > dn_labelbook_size + 1:
-        raise ValueError(f"--dn_labelbook_size ({dn_labelbook_size}) must be at least --num_classes - 1 "
-                         f"({num_classes - 1}): the denoising labels index its embedding")
     # backbone, then transformer, then heads: the official order of random initialisation
     backbone = build_backbone(args, return_layers=RETURN_INTERM_INDICES[tuple(args.return_interm_indices)],
                               position_embedding=build_position_embedding(args))
-    transformer = DeformableTransformer(
+    transformer = DINOTransformer(
         d_model=args.hidden_dim, nhead=args.nheads, num_queries=args.num_queries, num_encoder_layers=args.enc_layers,
         num_decoder_layers=args.dec_layers, dim_feedforward=args.dim_feedforward, dropout=args.dropout,
         activation=args.transformer_activation, normalize_before=args.pre_norm,
@@ -192,10 +184,11 @@ def build(args: argparse.Namespace, is_thing_map: dict[int, bool] | None = None)
                  dn_number=args.dn_number if args.use_dn else 0, dn_box_noise_scale=args.dn_box_noise_scale,
                  dn_label_noise_ratio=args.dn_label_noise_ratio, dn_labelbook_size=dn_labelbook_size)
     matcher = FocalHungarianMatcher(cost_class=args.set_cost_class, cost_bbox=args.set_cost_bbox,
-                                    cost_giou=args.set_cost_giou, focal_alpha=args.focal_alpha)
+                                    cost_giou=args.set_cost_giou, alpha=args.focal_alpha, giou_eps=GIOU_EPS)
     criterion = DINOCriterion(num_classes, matcher, build_weight_dict(args), focal_alpha=args.focal_alpha)
     criterion.to(torch.device(args.device))
-    postprocessors = {"bbox": PostProcess(num_select=args.num_select, nms_iou_threshold=args.nms_iou_threshold)}
+    postprocessors = {"bbox": SigmoidTopKPostProcess(num_select=args.num_select,
+                                                     nms_iou_threshold=args.nms_iou_threshold)}
     return model, criterion, postprocessors
 
 

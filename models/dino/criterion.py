@@ -2,18 +2,16 @@
 encoder's selected proposals (suffix ``_interm``), and of the denoising queries (suffix ``_dn``) against the
 targets they were made from."""
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.deformable_detr.criterion import DeformableCriterion
-from models.dino.denoising import denoising_indices
-from models.dino.giou import paired_generalized_box_iou
-from util.box_ops import box_cxcywh_to_xyxy
+from models.criterion import FocalSetCriterion
+from models.layers.denoising import denoising_indices
 
+GIOU_EPS = 1e-6  # the official DINO's GIoU adds it to the union and the enclosing area (matcher and loss)
 DN_LOSS_NAMES = ("loss_bbox_dn", "loss_giou_dn", "loss_ce_dn", "loss_xy_dn", "loss_hw_dn", "cardinality_error_dn")
 
 
-class DINOCriterion(DeformableCriterion):
+class DINOCriterion(FocalSetCriterion):
     """Losses by name (weight them with ``weight_dict``):
 
     ``loss_ce``: Deformable DETR's sigmoid focal loss (``focal_alpha``, gamma 2) against one-hot targets (unmatched
@@ -29,27 +27,8 @@ class DINOCriterion(DeformableCriterion):
 
     def __init__(self, num_classes: int, matcher: nn.Module, weight_dict: dict, focal_alpha: float = 0.25,
                  losses: tuple[str, ...] = ("labels", "boxes", "cardinality")):
-        super().__init__(num_classes, matcher, weight_dict, losses=list(losses), focal_alpha=focal_alpha)
-
-    def loss_boxes(self, outputs, targets, indices, num_boxes) -> dict:
-        idx = self._get_src_permutation_idx(indices)
-        src_boxes = outputs["pred_boxes"][idx]
-        target_boxes = torch.cat([t["boxes"][i] for t, (_, i) in zip(targets, indices)], dim=0)
-        loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="none")
-        loss_giou = 1 - paired_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes))
-        losses = {"loss_bbox": loss_bbox.sum() / num_boxes, "loss_giou": loss_giou.sum() / num_boxes}
-        with torch.no_grad():
-            losses["loss_xy"] = loss_bbox[..., :2].sum() / num_boxes
-            losses["loss_hw"] = loss_bbox[..., 2:].sum() / num_boxes
-        return losses
-
-    def fixed_losses(self, outputs: dict, targets: list[dict], indices: list, num_boxes: float, suffix: str) -> dict:
-        """The losses (no masks, no logged class error) of predictions whose pairing with the targets is given."""
-        losses = {}
-        for loss in self.losses:
-            kwargs = {"log": False} if loss == "labels" else {}
-            losses.update(self.get_loss(loss, outputs, targets, indices, num_boxes, **kwargs))
-        return {f"{k}{suffix}": v for k, v in losses.items()}
+        super().__init__(num_classes, matcher, weight_dict, losses=list(losses), focal_alpha=focal_alpha,
+                         giou_eps=GIOU_EPS, log_box_parts=True)
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict:
         """outputs: the model's dict; targets: per image ``labels`` ``[T_i]``, ``boxes`` ``[T_i, 4]`` (cxcywh).
@@ -65,7 +44,7 @@ class DINOCriterion(DeformableCriterion):
         if dn_outputs is not None:
             dn_indices = denoising_indices(targets, dn_meta)
             dn_boxes = num_boxes * dn_meta["num_dn_group"]
-            losses.update(self.fixed_losses(dn_outputs, targets, dn_indices, dn_boxes, "_dn"))
+            losses.update(self.layer_losses(dn_outputs, targets, dn_boxes, "_dn", dn_indices))
         else:
             losses.update(_zeros(DN_LOSS_NAMES, "", device))
         for loss in self.losses:
@@ -73,8 +52,8 @@ class DINOCriterion(DeformableCriterion):
         for i, aux_outputs in enumerate(outputs.get("aux_outputs", [])):
             losses.update(self.layer_losses(aux_outputs, targets, num_boxes, f"_{i}"))
             if dn_outputs is not None:
-                losses.update(self.fixed_losses(dn_outputs["aux_outputs"][i], targets, dn_indices, dn_boxes,
-                                                f"_dn_{i}"))
+                losses.update(self.layer_losses(dn_outputs["aux_outputs"][i], targets, dn_boxes, f"_dn_{i}",
+                                                dn_indices))
             else:
                 losses.update(_zeros(DN_LOSS_NAMES, f"_{i}", device))
         if "interm_outputs" in outputs:

@@ -2,20 +2,20 @@
 
 Tensors here are sequence first, as in the official code: queries ``[Q, B, D]``, memory ``[S, B, D]``.
 """
-import copy
-
 import torch
 from torch import Tensor, nn
 
 from models.activation import activation_fn
 from models.attention_weights import computes_weights, has_forward_hooks
-from models.deformable_detr.ms_deform_attn import MSDeformAttn
-from models.dino.anchors import anchor_sine_embedding, inverse_sigmoid
 from models.fp32_head import head_in_fp32
+from models.layers.box_encoding import anchor_sine_embedding, inverse_sigmoid
+from models.layers.clones import clones
+from models.layers.ms_deform_attn import MSDeformAttn
 from models.mlp import MLP
 
 SELF_ATTENTION_TYPES = ("sa", "ca_label", "ca_content")
 MODULES = ("sa", "ca", "ffn")
+LOGIT_EPS = 1e-3  # the official DINO's inverse_sigmoid clamps to [1e-3, 1 - 1e-3]
 
 
 class DecoderLayer(nn.Module):
@@ -32,9 +32,9 @@ class DecoderLayer(nn.Module):
                  module_seq: tuple[str, ...] = MODULES):
         super().__init__()
         if sa_type not in SELF_ATTENTION_TYPES:
-            raise ValueError(f"--decoder_sa_type must be one of {SELF_ATTENTION_TYPES}, got {sa_type!r}")
+            raise ValueError(f"DecoderLayer: sa_type must be one of {SELF_ATTENTION_TYPES}, got {sa_type!r}")
         if sorted(module_seq) != sorted(MODULES):
-            raise ValueError(f"--decoder_module_seq must order sa, ca and ffn once each, got {list(module_seq)}")
+            raise ValueError(f"DecoderLayer: module_seq must order sa, ca and ffn once each, got {list(module_seq)}")
         self.sa_type = sa_type
         self.module_seq = tuple(module_seq)
         self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
@@ -115,7 +115,7 @@ class Decoder(nn.Module):
     def __init__(self, layer: DecoderLayer, num_layers: int, norm: nn.Module, d_model: int = 256,
                  use_detached_boxes_dec_out: bool = False):
         super().__init__()
-        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        self.layers = clones(layer, num_layers)
         self.num_layers = num_layers
         self.norm = norm
         self.d_model = d_model
@@ -145,7 +145,7 @@ class Decoder(nn.Module):
                            level_start_index, spatial_shapes, self_attn_mask)
             if self.bbox_embed is not None:
                 delta_unsig = head_in_fp32(self.bbox_embed[layer_id], output)
-                new_reference_points = (delta_unsig + inverse_sigmoid(reference_points)).sigmoid()
+                new_reference_points = (delta_unsig + inverse_sigmoid(reference_points, LOGIT_EPS)).sigmoid()
                 reference_points = new_reference_points.detach()
                 ref_points.append(reference_points if self.use_detached_boxes_dec_out else new_reference_points)
             intermediate.append(self.norm(output))

@@ -6,13 +6,14 @@ import copy
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.dino.anchors import inverse_sigmoid
-from models.dino.denoising import prepare_denoising, split_denoising_outputs
-from models.dino.transformer import DeformableTransformer
+from models.dino.decoder import LOGIT_EPS
+from models.dino.transformer import DINOTransformer
 from models.fp32_head import head_in_fp32
+from models.layers.box_encoding import inverse_sigmoid
+from models.layers.denoising import prepare_denoising, split_denoising_outputs
+from models.layers.input_projections import init_projections, level_projections, project_levels
 from models.mlp import MLP
 from util.nested_tensor import NestedTensor, nested_tensor_from_tensor_list
 
@@ -31,19 +32,22 @@ class DINO(nn.Module):
 
     takes_targets = True  # forward(samples, targets): the training loop passes the targets (denoising queries)
 
-    def __init__(self, backbone: nn.Module, transformer: DeformableTransformer, num_classes: int, num_queries: int,
+    def __init__(self, backbone: nn.Module, transformer: DINOTransformer, num_classes: int, num_queries: int,
                  aux_loss: bool = True, num_feature_levels: int = 4, two_stage_type: str = "standard",
                  dec_pred_class_embed_share: bool = True, dec_pred_bbox_embed_share: bool = True,
                  two_stage_class_embed_share: bool = False, two_stage_bbox_embed_share: bool = False,
                  decoder_sa_type: str = "sa", dn_number: int = 100, dn_box_noise_scale: float = 0.4,
                  dn_label_noise_ratio: float = 0.5, dn_labelbook_size: int = 100):
         super().__init__()
+        if num_classes > dn_labelbook_size + 1:
+            raise ValueError(f"DINO: dn_labelbook_size ({dn_labelbook_size}) must be at least num_classes - 1 "
+                             f"({num_classes - 1}): the denoising labels index its embedding")
         if num_feature_levels == 1 and two_stage_type != "no":
-            raise ValueError("DINO: --num_feature_levels 1 needs --two_stage_type no (as the official code)")
+            raise ValueError("DINO: one feature level needs two_stage_type 'no' (as the official code)")
         if (two_stage_class_embed_share or two_stage_bbox_embed_share) and not (
                 dec_pred_class_embed_share and dec_pred_bbox_embed_share):
-            raise ValueError("DINO: --two_stage_class_embed_share / --two_stage_bbox_embed_share need the decoder "
-                             "heads shared (--dec_pred_class_embed_share and --dec_pred_bbox_embed_share)")
+            raise ValueError("DINO: sharing the encoder's heads with the decoder (two_stage_*_embed_share) needs the "
+                             "decoder heads shared (dec_pred_class_embed_share and dec_pred_bbox_embed_share)")
         self.num_queries = num_queries
         self.transformer = transformer
         self.num_classes = num_classes
@@ -55,23 +59,7 @@ class DINO(nn.Module):
         self.dn_label_noise_ratio = dn_label_noise_ratio
         self.dn_labelbook_size = dn_labelbook_size
 
-        channels = list(backbone.feature_channels)
-        if num_feature_levels > 1:
-            if num_feature_levels < len(channels):
-                raise ValueError(f"DINO: --num_feature_levels ({num_feature_levels}) is fewer than the "
-                                 f"{len(channels)} backbone stages of --return_interm_indices")
-            projections = [nn.Sequential(nn.Conv2d(c, hidden_dim, kernel_size=1), nn.GroupNorm(32, hidden_dim))
-                           for c in channels]
-            in_channels = channels[-1]
-            for _ in range(num_feature_levels - len(channels)):
-                projections.append(nn.Sequential(
-                    nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1),
-                    nn.GroupNorm(32, hidden_dim)))
-                in_channels = hidden_dim
-        else:
-            projections = [nn.Sequential(nn.Conv2d(channels[-1], hidden_dim, kernel_size=1),
-                                         nn.GroupNorm(32, hidden_dim))]
-        self.input_proj = nn.ModuleList(projections)
+        self.input_proj = level_projections(list(backbone.feature_channels), hidden_dim, num_feature_levels)
         self.backbone = backbone
         self.aux_loss = aux_loss
 
@@ -101,9 +89,7 @@ class DINO(nn.Module):
             self.label_embedding = nn.Embedding(num_classes, hidden_dim)
             for layer in transformer.decoder.layers:
                 layer.label_embedding = self.label_embedding
-        for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
-            nn.init.constant_(proj[0].bias, 0)
+        init_projections(self.input_proj)
 
     def forward(self, samples: NestedTensor, targets: list[dict] | None = None) -> dict:
         """samples: a NestedTensor (images ``[B, 3, H, W]``, mask ``[B, H, W]`` True on padding), a list of
@@ -120,31 +106,20 @@ class DINO(nn.Module):
         if isinstance(samples, (list, torch.Tensor)):
             samples = nested_tensor_from_tensor_list(samples)
         features, poss = self.backbone(samples)
-        poss = list(poss)
-        srcs, masks = [], []
-        for level, feature in enumerate(features):
-            src, mask = feature.decompose()
-            srcs.append(self.input_proj[level](src))
-            masks.append(mask)
-        for level in range(len(features), self.num_feature_levels):
-            src = self.input_proj[level](features[-1].tensors if level == len(features) else srcs[-1])
-            mask = F.interpolate(samples.mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0]
-            srcs.append(src)
-            masks.append(mask)
-            poss.append(self.backbone[1](NestedTensor(src, mask)).to(src.dtype))
+        srcs, masks, poss = project_levels(self.input_proj, features, samples.mask, self.backbone[1], poss)
 
         dn = None
         if self.training and self.dn_number > 0:
             if targets is None:
                 raise ValueError("DINO: training with denoising needs the targets: call model(samples, targets)")
             dn = prepare_denoising(targets, self.dn_number, self.dn_label_noise_ratio, self.dn_box_noise_scale,
-                                   self.num_queries, self.num_classes, self.label_enc)
+                                   self.num_queries, self.num_classes, self.label_enc, LOGIT_EPS)
         result = self.transformer(srcs, masks, poss, *((dn.anchors, dn.content, dn.attn_mask) if dn else ()))
         hs = list(result.hs)
         hs[0] = hs[0] + self.label_enc.weight[0, 0] * 0.0  # label_enc takes part in every graph (as official)
 
         outputs_coord = torch.stack([
-            (head_in_fp32(bbox_embed, layer_hs) + inverse_sigmoid(layer_ref)).sigmoid()
+            (head_in_fp32(bbox_embed, layer_hs) + inverse_sigmoid(layer_ref, LOGIT_EPS)).sigmoid()
             for bbox_embed, layer_hs, layer_ref in zip(self.bbox_embed, hs, result.references[:-1])])
         outputs_class = torch.stack([head_in_fp32(class_embed, layer_hs)
                                      for class_embed, layer_hs in zip(self.class_embed, hs)])

@@ -6,14 +6,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from models.deformable_detr.deformable_transformer import DeformableTransformerEncoderLayer
-from models.deformable_detr.ms_deform_attn import MSDeformAttn, sizes_tensor
-from models.deformable_detr.token_positions import encoder_proposals
-from models.dino.anchors import inverse_sigmoid, valid_ratios
-from models.dino.decoder import MODULES, Decoder, DecoderLayer
-from models.dino.encoder import Encoder
-from models.dino.query_selection import gather_tokens, top_k_tokens
+from models.dino.decoder import LOGIT_EPS, MODULES, Decoder, DecoderLayer
 from models.fp32_head import head_in_fp32
+from models.layers.box_encoding import inverse_sigmoid
+from models.layers.deformable_encoder import DeformableTransformerEncoder, DeformableTransformerEncoderLayer
+from models.layers.levels import flatten_levels
+from models.layers.ms_deform_attn import MSDeformAttn
+from models.layers.query_selection import gather_tokens, top_k_tokens
+from models.layers.token_positions import encoder_proposals
 
 TWO_STAGE_TYPES = ("standard", "no")
 
@@ -32,7 +32,7 @@ class TransformerOutput(NamedTuple):
     init_box_proposal: Tensor
 
 
-class DeformableTransformer(nn.Module):
+class DINOTransformer(nn.Module):
     """Encoder over all levels' tokens, then a decoder of ``num_queries`` anchor-box queries (after any denoising
     queries the model passes in).
 
@@ -52,7 +52,8 @@ class DeformableTransformer(nn.Module):
                  use_detached_boxes_dec_out: bool = False):
         super().__init__()
         if two_stage_type not in TWO_STAGE_TYPES:
-            raise ValueError(f"--two_stage_type must be one of {TWO_STAGE_TYPES}, got {two_stage_type!r}")
+            raise ValueError(f"DINOTransformer: two_stage_type must be one of {TWO_STAGE_TYPES}, "
+                             f"got {two_stage_type!r}")
         self.d_model = d_model
         self.nhead = nhead
         self.num_queries = num_queries
@@ -67,7 +68,7 @@ class DeformableTransformer(nn.Module):
         encoder_layer = DeformableTransformerEncoderLayer(d_model, dim_feedforward, dropout, activation,
                                                           num_feature_levels, nhead, enc_n_points)
         encoder_norm = nn.LayerNorm(d_model) if normalize_before else None
-        self.encoder = Encoder(encoder_layer, num_encoder_layers, encoder_norm)
+        self.encoder = DeformableTransformerEncoder(encoder_layer, num_encoder_layers, encoder_norm)
         decoder_layer = DecoderLayer(d_model, dim_feedforward, dropout, activation, num_feature_levels, nhead,
                                      dec_n_points, decoder_sa_type, module_seq)
         self.decoder = Decoder(decoder_layer, num_decoder_layers, nn.LayerNorm(d_model), d_model,
@@ -90,7 +91,8 @@ class DeformableTransformer(nn.Module):
             self.refpoint_embed = nn.Embedding(num_queries, 4)
             if random_refpoints_xy:  # as the official code: drawn, then overwritten below by the xavier init
                 self.refpoint_embed.weight.data[:, :2].uniform_(0, 1)
-                self.refpoint_embed.weight.data[:, :2] = inverse_sigmoid(self.refpoint_embed.weight.data[:, :2])
+                self.refpoint_embed.weight.data[:, :2] = inverse_sigmoid(self.refpoint_embed.weight.data[:, :2],
+                                                                           LOGIT_EPS)
         self.enc_out_class_embed: nn.Module | None = None
         self.enc_out_bbox_embed: nn.Module | None = None
         self._reset_parameters()
@@ -113,27 +115,10 @@ class DeformableTransformer(nn.Module):
         """srcs, pos_embeds: per level ``[B, D, H_l, W_l]``; masks: per level ``[B, H_l, W_l]`` (True on padding);
         dn_anchors ``[B, P, 4]`` (logit space) and dn_content ``[B, P, D]``: denoising queries placed before the
         matching ones; attn_mask ``[P + Q, P + Q]`` (True: blocked) for the decoder's self-attention."""
-        src_flatten, mask_flatten, lvl_pos_embed_flatten, shapes = [], [], [], []
-        for lvl, (src, mask, pos_embed) in enumerate(zip(srcs, masks, pos_embeds)):
-            bs, _, h, w = src.shape
-            shapes.append((h, w))
-            pos_embed = pos_embed.flatten(2).transpose(1, 2)
-            if self.level_embed is not None:
-                pos_embed = pos_embed + self.level_embed[lvl].view(1, 1, -1)
-            lvl_pos_embed_flatten.append(pos_embed)
-            src_flatten.append(src.flatten(2).transpose(1, 2))
-            mask_flatten.append(mask.flatten(1))
-        src_flatten = torch.cat(src_flatten, 1)
-        mask_flatten = torch.cat(mask_flatten, 1)
-        lvl_pos_embed_flatten = torch.cat(lvl_pos_embed_flatten, 1)
-        # the sizes travel down as Python integers (no device-to-host read per attention layer on a GPU; symbolic
-        # in exported graphs); the tensor gives the level starts
-        spatial_shapes = sizes_tensor(shapes, src_flatten.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        ratios = torch.stack([valid_ratios(m) for m in masks], 1)
-
-        memory = self.encoder(src_flatten, lvl_pos_embed_flatten, shapes, level_start_index, ratios,
-                              mask_flatten)
+        levels = flatten_levels(srcs, masks, pos_embeds, self.level_embed)
+        shapes, mask_flatten, ratios = levels.sizes, levels.mask, levels.valid_ratios
+        bs = levels.src.shape[0]
+        memory = self.encoder(levels.src, levels.pos, shapes, levels.level_start_index, ratios, mask_flatten)
 
         hs_enc = ref_enc = None
         if self.two_stage_type == "standard":
@@ -162,5 +147,5 @@ class DeformableTransformer(nn.Module):
             content = torch.cat([dn_content, content], dim=1)
 
         hs, references = self.decoder(content.transpose(0, 1), memory.transpose(0, 1), mask_flatten,
-                                      anchors.transpose(0, 1), level_start_index, shapes, ratios, attn_mask)
+                                      anchors.transpose(0, 1), levels.level_start_index, shapes, ratios, attn_mask)
         return TransformerOutput(hs, references, hs_enc, ref_enc, init_box_proposal)

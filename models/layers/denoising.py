@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from models.dino.anchors import inverse_sigmoid
+from models.layers.box_encoding import inverse_sigmoid
 
 
 @dataclass
@@ -91,12 +91,13 @@ def noised_boxes(boxes: Tensor, negative: Tensor, box_noise_scale: float) -> Ten
 
 
 def prepare_denoising(targets: list[dict], dn_number: int, label_noise_ratio: float, box_noise_scale: float,
-                      num_queries: int, num_classes: int, label_enc: nn.Embedding) -> DenoisingQueries:
+                      num_queries: int, num_classes: int, label_enc: nn.Embedding, logit_eps: float
+                      ) -> DenoisingQueries:
     """The denoising queries of a batch.
 
     targets: per image ``labels`` ``[T_i]`` and ``boxes`` ``[T_i, 4]`` (normalised cxcywh); label_enc: the class
     embedding of the content queries (``[dn_labelbook_size + 1, D]``); noisy labels are drawn from
-    [0, ``num_classes``).
+    [0, ``num_classes``); the noised boxes become anchors through ``inverse_sigmoid`` with ``logit_eps``.
     """
     device = label_enc.weight.device
     counts = [len(t["labels"]) for t in targets]
@@ -119,7 +120,7 @@ def prepare_denoising(targets: list[dict], dn_number: int, label_noise_ratio: fl
     image = image.repeat(copies)
     if len(image):
         content[(image, slot)] = label_enc(labels.long())
-        anchors[(image, slot)] = inverse_sigmoid(boxes)
+        anchors[(image, slot)] = inverse_sigmoid(boxes, logit_eps)
     attn_mask = denoising_attention_mask(pad_size, groups, num_queries, device)
     return DenoisingQueries(content, anchors, attn_mask, {"pad_size": pad_size, "num_dn_group": groups})
 

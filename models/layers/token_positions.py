@@ -7,7 +7,7 @@ padding. ``spatial_shapes``: the levels' (H_l, W_l), as ``[L, 2]`` or a list of 
 import torch
 from torch import Tensor
 
-from models.deformable_detr.ms_deform_attn import SpatialShapes, level_sizes
+from models.layers.ms_deform_attn import SpatialShapes, level_sizes
 
 
 def encoder_reference_points(spatial_shapes: SpatialShapes, valid_ratios: Tensor) -> Tensor:
