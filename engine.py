@@ -14,6 +14,7 @@ from torch import nn
 from datasets.bad_images import SkippedImages, split_batch
 from evaluation.coco_eval import CocoEvaluator, results_to_cpu
 from evaluation.panoptic_eval import PanopticEvaluator, format_pq_table
+from models.postprocess import detections
 from util.amp import Precision
 from util.checkpoint import preserved_rng_state, save_checkpoint
 from util.distributed import broadcast_object, is_main_process, reduce_dict
@@ -23,7 +24,8 @@ from util.nested_tensor import NestedTensor
 from util.train_step import TrainStep
 
 STATS_NAMES = {"bbox": "bbox", "segm": "masks"}  # the official log's keys: coco_eval_bbox, coco_eval_masks
-PROGRESS_METERS = ("lr", "loss", "loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "class_error")
+PROGRESS_METERS = ("lr", "loss", "loss_ce", "loss_vfl", "loss_bbox", "loss_giou", "loss_mask", "loss_dice",
+                   "class_error")
 
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
@@ -64,7 +66,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                 continue
         samples = samples.to(device, non_blocking=True)
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-        result = step(samples, targets)
+        result = step(samples, targets, epoch * len(data_loader) + it)
         shown = it % print_freq == 0 or it == last  # log_every prints a progress line after this iteration
         loss_log.add(it, result.loss_dict, optimizer.param_groups[0]["lr"], metric_logger,
                      read_now=result.read_now or shown)
@@ -182,7 +184,7 @@ def _record_predictions(outputs: dict, targets: list[dict], postprocessors: dict
     """Post-process a batch's outputs and hand them to the COCO (and panoptic) evaluator."""
     orig_target_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)
     target_sizes = torch.stack([t["size"] for t in targets], dim=0)
-    results = postprocessors["bbox"](outputs, orig_target_sizes)
+    results = detections(postprocessors["bbox"], outputs, orig_target_sizes)
     if "segm" in postprocessors:
         results = postprocessors["segm"](results, outputs, orig_target_sizes, target_sizes)
     image_ids = torch.stack([t["image_id"].reshape(()) for t in targets]).tolist()

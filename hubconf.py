@@ -55,6 +55,7 @@ with _own_packages_first():
     from models.position_encoding import PositionEmbeddingSine  # noqa: E402
     from util.checkpoint import load_checkpoint  # noqa: E402
     from util.config import parse_args_with_config  # noqa: E402
+    from util.training_state import model_state  # noqa: E402
 
 dependencies = ["torch", "torchvision", "scipy"]
 
@@ -237,5 +238,64 @@ def dino_resnet50_5scale(pretrained: bool = False, checkpoint: str | None = None
     return _preset_model("dino_resnet50_5scale", pretrained, checkpoint, num_classes, return_postprocessor)
 
 
+# entry -> (preset, official COCO val2017 AP at 640 x 640, the released file: the EMA weights, 80 classes)
+RTDETRV2_MODELS = {
+    "rtdetrv2_r18vd": ("rtdetrv2_r18vd.yaml", 48.1, "https://github.com/lyuwenyu/storage/releases/download/v0.2/"
+                                                    "rtdetrv2_r18vd_120e_coco_rerun_48.1.pth"),
+    "rtdetrv2_r34vd": ("rtdetrv2_r34vd.yaml", 49.9, "https://github.com/lyuwenyu/storage/releases/download/v0.1/"
+                                                    "rtdetrv2_r34vd_120e_coco_ema.pth"),
+    "rtdetrv2_r50vd_m": ("rtdetrv2_r50vd_m.yaml", 51.9, "https://github.com/lyuwenyu/storage/releases/download/v0.1/"
+                                                        "rtdetrv2_r50vd_m_7x_coco_ema.pth"),
+    "rtdetrv2_r50vd": ("rtdetrv2_r50vd.yaml", 53.4, "https://github.com/lyuwenyu/storage/releases/download/v0.1/"
+                                                    "rtdetrv2_r50vd_6x_coco_ema.pth"),
+    "rtdetrv2_r101vd": ("rtdetrv2_r101vd.yaml", 54.3, "https://github.com/lyuwenyu/storage/releases/download/v0.1/"
+                                                      "rtdetrv2_r101vd_6x_coco_from_paddle.pth"),
+}
+
+
+def _rtdetrv2(name: str, pretrained: bool, num_classes: int, return_postprocessor: bool):
+    """RT-DETRv2 of ``name``'s preset; ``pretrained`` downloads the official release (its EMA weights) into
+    torch.hub's cache and loads it strictly. The post-processor gives COCO category ids (the 80 labels mapped back,
+    as the official ``remap_mscoco_category``); it takes original sizes as (w, h), as the official one."""
+    preset, _, url = RTDETRV2_MODELS[name]
+    if pretrained and num_classes != 80:
+        raise ValueError(f"{name}: the official weights have 80 classes; num_classes={num_classes} needs "
+                         "pretrained=False (or --finetune_from)")
+    parser = argparse.ArgumentParser(parents=[cli.get_args_parser()])
+    args = parse_args_with_config(parser, ["--config", str(CONFIGS / preset), "--no_pretrained_backbone",
+                                           "--num_classes", str(num_classes), "--device", "cpu"])
+    if num_classes != 80:  # another label set: labels are the caller's category ids
+        args.remap_mscoco_category = False
+    model, _, postprocessors = build_model(cli.resolve_data_pipeline(args))
+    if pretrained:
+        model.load_state_dict(model_state(load_checkpoint(url, flag=name), name))
+    return (model, postprocessors["bbox"]) if return_postprocessor else model
+
+
+def rtdetrv2_r18vd(pretrained: bool = False, num_classes: int = 80, return_postprocessor: bool = False):
+    """RT-DETRv2-S (PResNet-18vd): 48.1 AP on COCO val2017 at 640 x 640 (official figure)."""
+    return _rtdetrv2("rtdetrv2_r18vd", pretrained, num_classes, return_postprocessor)
+
+
+def rtdetrv2_r34vd(pretrained: bool = False, num_classes: int = 80, return_postprocessor: bool = False):
+    """RT-DETRv2-M* (PResNet-34vd): 49.9 AP on COCO val2017 at 640 x 640 (official figure)."""
+    return _rtdetrv2("rtdetrv2_r34vd", pretrained, num_classes, return_postprocessor)
+
+
+def rtdetrv2_r50vd_m(pretrained: bool = False, num_classes: int = 80, return_postprocessor: bool = False):
+    """RT-DETRv2-M (PResNet-50vd, half-width fusion, third decoder layer): 51.9 AP on COCO val2017 (official)."""
+    return _rtdetrv2("rtdetrv2_r50vd_m", pretrained, num_classes, return_postprocessor)
+
+
+def rtdetrv2_r50vd(pretrained: bool = False, num_classes: int = 80, return_postprocessor: bool = False):
+    """RT-DETRv2-L (PResNet-50vd): 53.4 AP on COCO val2017 at 640 x 640 (official figure)."""
+    return _rtdetrv2("rtdetrv2_r50vd", pretrained, num_classes, return_postprocessor)
+
+
+def rtdetrv2_r101vd(pretrained: bool = False, num_classes: int = 80, return_postprocessor: bool = False):
+    """RT-DETRv2-X (PResNet-101vd): 54.3 AP on COCO val2017 at 640 x 640 (official figure)."""
+    return _rtdetrv2("rtdetrv2_r101vd", pretrained, num_classes, return_postprocessor)
+
+
 __all__ = ["detr_resnet50", "detr_resnet50_dc5", "detr_resnet101", "detr_resnet101_dc5", "detr_resnet50_panoptic",
-           "detr_resnet50_dc5_panoptic", "detr_resnet101_panoptic", *PRESET_MODELS, "torch"]
+           "detr_resnet50_dc5_panoptic", "detr_resnet101_panoptic", *PRESET_MODELS, *RTDETRV2_MODELS, "torch"]

@@ -17,7 +17,7 @@ from torch import nn
 import cli
 from datasets import RunData, build_run_data
 from datasets.bad_images import SkippedImages
-from datasets.coco import IMAGENET_MEAN, IMAGENET_STD
+from datasets.coco import IMAGE_NORMALIZATION
 from datasets.loaders import Loaders, build_loaders
 from engine import Evaluation, finish_epoch, summary_line, train_one_epoch
 from models import architecture, build_model
@@ -31,7 +31,7 @@ from util.config import dump_config, is_plain
 from util.distributed import ProcessSetup, broadcast_object, init_distributed, is_main_process, local_rank_and_size
 from util.ema import ModelEMA
 from util.loss_log import NonFiniteLossError
-from util.optimizer import build_lr_scheduler, build_optimizer
+from util.optimizer import LinearWarmup, build_lr_scheduler, build_optimizer
 from util.provenance import git_sha
 from util.stop_signals import Stopped, StopSignals
 from util.train_step import TrainStep
@@ -61,6 +61,7 @@ class Session:
     ema: ModelEMA | None = None
     ema_evaluation: Evaluation | None = None
     tensorboard: object | None = None  # util.tensorboard_log.TensorBoardLog while training with --tensorboard
+    warmup: LinearWarmup | None = None  # --warmup_iters
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -73,6 +74,7 @@ def prepare(args: argparse.Namespace) -> Session:
     """Check and resolve the flags, start the process group, build data, model, optimiser and evaluation, write
     the resolved flags to ``OUTPUT_DIR/config.yaml`` and load any starting weights."""
     cli.check_args(args)
+    args = cli.resolve_data_pipeline(args)
     if not args.coco_path:
         raise ValueError("--coco_path is required: a folder with train2017/, val2017/ and annotations/")
     process = init_distributed(args.device, args.dist_url)
@@ -83,14 +85,15 @@ def prepare(args: argparse.Namespace) -> Session:
     local_rank, local_size = local_rank_and_size() if args.cache_mode else (0, 1)
     data = build_run_data(args, with_train=not args.eval, cache_share=(local_rank, local_size))
     auto_resume = training_state.auto_resume_path(output_dir) if args.auto_resume and not args.eval else ""
-    args = cli.resolve_args(args, num_classes=data.num_classes, device=process.device, auto_resume_path=auto_resume)
+    args = cli.resolve_args(args, num_classes=data.num_classes, device=process.device, auto_resume_path=auto_resume,
+                            label_to_category_id=data.label_to_category_id)
     device = torch.device(args.device)
 
     model_without_ddp, criterion, postprocessors = build_model(args, is_thing_map=data.is_thing_map)
     model = model_without_ddp.to(device)
     precision = Precision(args.amp, device)
     _choose_speed_paths(model_without_ddp, device, args)
-    ema = ModelEMA(model_without_ddp, args.ema) if args.ema is not None else None
+    ema = ModelEMA(model_without_ddp, args.ema, args.ema_warmups) if args.ema is not None else None
     if process.distributed:
         device_ids = [process.gpu] if process.gpu is not None else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
@@ -101,6 +104,7 @@ def prepare(args: argparse.Namespace) -> Session:
     optimizer = build_optimizer(architecture(args.meta_arch).param_groups(model_without_ddp, args), args.lr,
                                 args.weight_decay, args.sgd, "plain" if args.official_paths else "auto")
     lr_scheduler = build_lr_scheduler(optimizer, args.lr_drop, args.lr_drop_epochs)
+    warmup = LinearWarmup(optimizer, args.warmup_iters) if args.warmup_iters else None
     loaders = build_loaders(data.train, data.val, args.batch_size, args.num_workers, process.distributed,
                             process.world_size, skip_bad_images=args.skip_bad_images,
                             node_shards=(process.rank, local_size) if args.cache_mode else None,
@@ -126,7 +130,7 @@ def prepare(args: argparse.Namespace) -> Session:
     if ema is not None:  # starting weights loaded above: the average starts from them
         ema.module.load_state_dict(model_without_ddp.state_dict())
     return Session(args, process, data, loaders, output_dir, model, model_without_ddp, criterion, optimizer,
-                   lr_scheduler, evaluation, n_parameters, precision, ema, ema_evaluation)
+                   lr_scheduler, evaluation, n_parameters, precision, ema, ema_evaluation, warmup=warmup)
 
 
 def _choose_speed_paths(model: nn.Module, device: torch.device, args: argparse.Namespace) -> None:
@@ -154,7 +158,7 @@ def evaluate_only(s: Session) -> dict:
     if s.output_dir is not None and is_main_process():
         save_checkpoint(coco_evaluator.saved_state("bbox"), s.output_dir / "eval.pth")
     _print_summary(test_stats, s.output_dir)
-    if s.ema_evaluation is not None:  # --ema: the moving average's numbers too
+    if s.ema_evaluation is not None and s.ema.updates > 0:  # --ema with an average in the file: its numbers too
         ema_stats, _ = s.ema_evaluation()
         test_stats.update({f"ema_{k}": v for k, v in ema_stats.items()})
         _print_summary(ema_stats, s.output_dir, "EMA weights: ")
@@ -194,7 +198,8 @@ def _open_tensorboard(s: Session):
         raise UserError(f"--tensorboard needs the tensorboard package (pip install -r requirements.txt): "
                         f"{exc}") from exc
     names = {int(k): str(c.get("name", k)) for k, c in s.data.coco_ground_truth.cats.items()}
-    return TensorBoardLog(s.output_dir / "tensorboard", names, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    mean, std = IMAGE_NORMALIZATION[s.args.data_pipeline]
+    return TensorBoardLog(s.output_dir / "tensorboard", names, image_mean=mean, image_std=std)
 
 
 def _resume_advice(stopped: str, output_dir: Path | None, saved_epoch: int | None) -> str:
@@ -233,6 +238,7 @@ def _train(s: Session, signals: StopSignals, progress: dict) -> dict:
     for epoch in range(start_epoch, args.epochs):
         if s.process.distributed:
             s.loaders.train_sampler.set_epoch(epoch)
+        s.data.set_epoch(epoch)
         try:
             train_stats = _train_epoch(s, epoch, stop_check, skipped, signals)
         except NonFiniteLossError as err:
@@ -259,7 +265,8 @@ def _train_epoch(s: Session, epoch: int, stop_check, skipped: SkippedImages | No
     """One epoch of training. A stop signal that also ended the DataLoader workers is a stop, not a failure."""
     args = s.args
     step = TrainStep(s.model, s.criterion, s.optimizer, args.clip_max_norm, precision=s.precision, ema=s.ema,
-                     ema_source=s.model_without_ddp, host_check=True if args.official_paths else None)
+                     ema_source=s.model_without_ddp, host_check=True if args.official_paths else None,
+                     warmup=s.warmup)
     with signals.failures_after_a_signal_stop(f"during epoch {epoch} (the epoch is abandoned)",
                                               keep=(NonFiniteLossError,)):
         return train_one_epoch(s.model, s.criterion, s.loaders.train, s.optimizer, torch.device(args.device), epoch,

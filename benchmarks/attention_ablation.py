@@ -1,17 +1,19 @@
 """Backbone attention ablation on the synthetic dataset: train the CPU demo preset once per block (same seed,
 same schedule), then record AP, AP50, parameters, GFLOPs and speed.
 
-Usage: python -m benchmarks.attention_ablation [--blocks none gc ca ...] [--seeds 42 43] [--epochs 16 --lr_drop 12]
-       [--data data/synthetic] [--out outputs/ablation]
+Usage: python -m benchmarks.attention_ablation [--preset configs/demo_cpu.yaml] [--blocks none gc ca ...]
+       [--seeds 42 43] [--epochs 16 --lr_drop 12] [--data data/synthetic] [--out outputs/ablation]
 
 Writes the table between the ablation markers of benchmarks/RESULTS.md and a plot of AP against GFLOPs and training
-speed to benchmarks/attention_ablation.png, both updated after every block. Each run of the full preset takes about
-9 minutes on 2 CPU cores. The results of every seed are kept in benchmarks/attention_ablation.json: rerunning skips
-the seeds already recorded with the same schedule, so an interrupted ablation continues and adding seeds trains only
-the new ones; a seed whose run folder (``OUT/<block>_seed<seed>``) already holds a finished run (e.g. trained by
-``python main.py --config configs/demo_cpu.yaml --backbone_attn BLOCK --seed SEED --print_freq 1000 --output_dir
-OUT/BLOCK_seedSEED`` in parallel jobs) is read back instead of trained. ``--remeasure_cost`` re-times the blocks
-(speeds are only comparable when taken on an otherwise idle machine).
+speed to benchmarks/attention_ablation.png, both updated after every block (for another ``--preset`` than DETR's
+demo: markers, JSON and plot named after the preset, e.g. ``attention_ablation_demo_cpu_rtdetrv2.json``). Each run
+of DETR's preset takes about 9 minutes on 2 CPU cores. The results of every seed are kept in the JSON record
+(benchmarks/attention_ablation.json for DETR's): rerunning skips the seeds already recorded with the same schedule,
+so an interrupted ablation continues and adding seeds trains only the new ones; a seed whose run folder
+(``OUT/<block>_seed<seed>``) already holds a finished run (e.g. trained by ``python main.py --config
+configs/demo_cpu.yaml --backbone_attn BLOCK --seed SEED --print_freq 1000 --output_dir OUT/BLOCK_seedSEED`` in
+parallel jobs) is read back instead of trained. ``--remeasure_cost`` re-times the blocks (speeds are only
+comparable when taken on an otherwise idle machine).
 """
 import argparse
 import json
@@ -35,12 +37,27 @@ from util.config import parse_args_with_config
 HERE = Path(__file__).resolve().parent
 PRESET = HERE.parent / "configs" / "demo_cpu.yaml"
 COST_KEYS = ("params", "gflops", "train_img_per_s", "infer_img_per_s")
-BEGIN, END = "<!-- attention-ablation:begin -->", "<!-- attention-ablation:end -->"
+
+
+class Ablation:
+    """Where one preset's ablation keeps its results: the JSON record, the plot and the RESULTS.md markers (DETR's
+    demo preset keeps the original names)."""
+
+    def __init__(self, preset: Path):
+        self.preset = Path(preset)
+        suffix = "" if self.preset.name == PRESET.name else f"_{self.preset.stem}"
+        self.record = HERE / f"attention_ablation{suffix}.json"
+        self.plot = HERE / f"attention_ablation{suffix}.png"
+        marker = "attention-ablation" + suffix.replace("_", "-")
+        self.begin, self.end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+
+
+ABLATION = Ablation(PRESET)
 
 
 def preset_args(block: str, extra: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(parents=[cli.get_args_parser()])
-    return parse_args_with_config(parser, ["--config", str(PRESET), "--backbone_attn", block, *extra])
+    return parse_args_with_config(parser, ["--config", str(ABLATION.preset), "--backbone_attn", block, *extra])
 
 
 def gflops(args: argparse.Namespace) -> float:
@@ -105,7 +122,8 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def table(rows: list[dict], command: str) -> str:
-    lines = [BEGIN, f"Each row: `python -m benchmarks.attention_ablation --blocks BLOCK --seeds SEEDS {command}` on "
+    lines = [ABLATION.begin,
+             f"Each row: `python -m benchmarks.attention_ablation --blocks BLOCK --seeds SEEDS {command}` on "
              f"{hardware(torch.device('cpu'))}, torch {torch.__version__}; AP and AP50 are mean ± sd over the seeds "
              "listed where several; costs re-measured on an idle machine with `--remeasure_cost`.", "",
              "| block | seeds | AP | AP50 | params | GFLOPs (128 px) | train img/s | infer img/s |",
@@ -114,11 +132,12 @@ def table(rows: list[dict], command: str) -> str:
         seeds = " ".join(str(seed) for seed in r["seeds"])
         lines.append(f"| {r['block']} | {seeds} | {_mean_sd(r['ap'])} | {_mean_sd(r['ap50'])} | {r['params']:,} | "
                      f"{r['gflops']:.4f} | {r['train_img_per_s']:.1f} | {r['infer_img_per_s']:.1f} |")
-    return "\n".join(lines + ["", "![AP against cost](attention_ablation.png)", END])
+    return "\n".join(lines + ["", f"![AP against cost]({ABLATION.plot.name})", ABLATION.end])
 
 
 def write_results(rows: list[dict], command: str) -> None:
-    write_section(table(rows, command), BEGIN, END, "Backbone attention ablation (synthetic data, CPU demo preset)")
+    write_section(table(rows, command), ABLATION.begin, ABLATION.end,
+                  f"Backbone attention ablation (synthetic data, {ABLATION.preset.name})")
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -138,13 +157,14 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("bbox AP (val)")
         ax.grid(alpha=0.3)
-    fig.suptitle("DETR demo preset with backbone attention blocks (bars: sd over seeds)")
+    fig.suptitle(f"{ABLATION.preset.name} with backbone attention blocks (bars: sd over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default=str(PRESET), help="the CPU demo preset the blocks are added to")
     parser.add_argument("--blocks", nargs="+", default=["none", *ATTENTION])
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's schedule")
@@ -155,15 +175,18 @@ def main(argv=None) -> list[dict]:
                         help="measure parameters, GFLOPs and speeds again for the blocks already trained (run it on an "
                              "otherwise idle machine: speeds taken while other work shared the cores are too low)")
     args = parser.parse_args(argv)
+    global ABLATION
+    ABLATION = Ablation(Path(args.preset))
     data = generate(args.data, num_train=2000, num_val=200, image_size=128, seed=0)
     common = ["--coco_path", str(data), "--print_freq", "1000"]
     for flag in ("epochs", "lr_drop"):
         if getattr(args, flag) is not None:
             common += [f"--{flag}", str(getattr(args, flag))]
     out = Path(args.out)
-    record = HERE / "attention_ablation.json"
+    record = ABLATION.record
     done = {r["block"]: r for r in json.loads(record.read_text())} if record.is_file() else {}
-    command = f"--data {args.data} --out {args.out}" + "".join(
+    preset = "" if ABLATION.preset.name == PRESET.name else f" --preset {args.preset}"
+    command = f"--data {args.data} --out {args.out}{preset}" + "".join(
         f" --{flag} {getattr(args, flag)}" for flag in ("epochs", "lr_drop") if getattr(args, flag) is not None)
     rows = []
     for block in args.blocks:
@@ -179,11 +202,11 @@ def main(argv=None) -> list[dict]:
         everything = list({**done, **{r["block"]: r for r in rows}}.values())
         record.write_text(json.dumps(everything, indent=1))
         write_results(everything, command)
-        plot(everything, HERE / "attention_ablation.png")
+        plot(everything, ABLATION.plot)
     if args.remeasure_cost:
         everything = list({**done, **{r["block"]: r for r in rows}}.values())
         write_results(everything, command)
-        plot(everything, HERE / "attention_ablation.png")
+        plot(everything, ABLATION.plot)
     print(table(rows, command))
     return rows
 

@@ -4,9 +4,11 @@
 registered architecture's flags); ``parse_args(argv)`` applies ``--config`` presets and checks the result; errors
 name the flag (or the preset file and key).
 
-Every flag has one owner: the shared schema (the topics below) or one architecture (its own argument group). A flag
-owned by another architecture than ``--meta_arch``, or a shared flag the architecture declares it does not read
-(``Architecture.unused_shared_flags``), is an error when changed from its default, instead of being ignored.
+Every flag has one owner: the shared schema (the topics below) or one architecture (its own argument group). The
+topics model, data, training, evaluation and distributed are read for every architecture; the others are read by
+the architectures that list them (``Architecture.topics``, less their ``unused_shared_flags``). A flag of another
+architecture than ``--meta_arch``, or a shared flag it does not read, is an error when changed from its default,
+instead of being ignored.
 """
 import argparse
 
@@ -19,14 +21,18 @@ from cli import (
     evaluation,
     loss,
     model,
+    real_time,
     training,
     transformer,
 )
 from models import ARCHITECTURES, architecture
 from util.config import ConfigError, parse_args_with_config
 
-TOPICS = (model, backbone, attention, transformer, deformable_attention, loss, data, training, evaluation,
+TOPICS = (model, backbone, attention, transformer, deformable_attention, real_time, loss, data, training, evaluation,
           distributed)
+# the topics an architecture reads only when its ``Architecture.topics`` names them
+OPTIONAL_TOPICS = {topic.__name__.rsplit(".", 1)[-1]: topic
+                   for topic in (backbone, attention, transformer, deformable_attention, real_time, loss)}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -58,14 +64,30 @@ def _option(parser: argparse.ArgumentParser, dest: str, value) -> str:
     return chosen.option_strings[0]
 
 
+def topic_of_flags() -> dict[str, str]:
+    """dest -> name of the optional topic whose argument group defines the flag."""
+    topics: dict[str, str] = {}
+    for name, topic in OPTIONAL_TOPICS.items():
+        parser = argparse.ArgumentParser(add_help=False)
+        topic.add_flags(parser)
+        topics.update({action.dest: name for action in parser._actions})
+    return topics
+
+
+def readers(dest: str) -> list[str]:
+    """The architectures that read the shared flag ``dest``."""
+    topic = topic_of_flags().get(dest)
+    return [name for name, arch in ARCHITECTURES.items()
+            if (topic is None or topic in arch.topics) and dest not in arch.unused_shared_flags]
+
+
 def check_flag_owners(args: argparse.Namespace) -> None:
     """Raise ValueError naming a flag changed from its default (on the command line or in a preset) that
     ``--meta_arch`` would ignore: another architecture's own flag (checked first: a preset of another
     architecture), or a shared flag it does not read."""
     arch = architecture(args.meta_arch)
     defaults = get_args_parser()
-    owners = flag_owners()
-    unused = {name: set(a.unused_shared_flags) for name, a in ARCHITECTURES.items()}
+    owners, topics = flag_owners(), topic_of_flags()
     changed = [a.dest for a in defaults._actions
                if hasattr(args, a.dest) and getattr(args, a.dest) != defaults.get_default(a.dest)]
     for dest in changed:
@@ -74,19 +96,29 @@ def check_flag_owners(args: argparse.Namespace) -> None:
             raise ValueError(f"{_option(defaults, dest, getattr(args, dest))} is a flag of --meta_arch {owner}; "
                              f"--meta_arch {arch.name} does not read it")
     for dest in changed:
-        if dest not in owners and dest in unused[arch.name]:
-            readers = [name for name in ARCHITECTURES if dest not in unused[name]]
+        if dest in owners:
+            continue
+        if (dest in topics and topics[dest] not in arch.topics) or dest in arch.unused_shared_flags:
             raise ValueError(f"{_option(defaults, dest, getattr(args, dest))} is not read by --meta_arch "
-                             f"{arch.name} (it is read by {', '.join(readers) or 'no architecture'})")
+                             f"{arch.name} (it is read by {', '.join(readers(dest)) or 'no architecture'})")
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Raise ValueError naming the first flag whose value cannot be used (alone or with the others)."""
     model.check(args)  # --meta_arch first: the other checks depend on the architecture
     check_flag_owners(args)
-    for topic in TOPICS:
-        topic.check(args)
-    architecture(args.meta_arch).check_flags(args)
+    arch = architecture(args.meta_arch)
+    for topic in TOPICS:  # the topics the architecture does not read are at their (valid) defaults
+        if topic not in OPTIONAL_TOPICS.values() or topic.__name__.rsplit(".", 1)[-1] in arch.topics:
+            topic.check(args)
+    data.check_pipeline(args, args.data_pipeline or arch.data_pipeline)
+    arch.check_flags(args)
+
+
+def resolve_data_pipeline(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with ``data_pipeline`` decided: the flag's, else the architecture's own (a new Namespace)."""
+    return argparse.Namespace(**{**vars(args), "data_pipeline": args.data_pipeline
+                                 or architecture(args.meta_arch).data_pipeline})
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,12 +131,14 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     return args
 
 
-def resolve_args(args: argparse.Namespace, *, num_classes: int, device: str, auto_resume_path: str
-                 ) -> argparse.Namespace:
+def resolve_args(args: argparse.Namespace, *, num_classes: int, device: str, auto_resume_path: str,
+                 label_to_category_id: list[int] | None = None) -> argparse.Namespace:
     """The flags as this run uses them, decided once: ``num_classes`` from the annotations unless given, the
-    ``device`` this process computes on, and ``resume`` from ``auto_resume_path`` (a checkpoint left in the output
-    folder) when there is one. Returns a new Namespace; ``args`` is left as parsed."""
-    resolved = argparse.Namespace(**vars(args))
+    ``device`` this process computes on, ``resume`` from ``auto_resume_path`` (a checkpoint left in the output
+    folder) when there is one, the ``data_pipeline`` and, with ``--remap_mscoco_category``, the dataset's
+    ``label_to_category_id``. Returns a new Namespace; ``args`` is left as parsed."""
+    resolved = resolve_data_pipeline(args)
+    resolved.label_to_category_id = label_to_category_id
     if resolved.num_classes is None:
         resolved.num_classes = num_classes
         print(f"num_classes inferred from the annotations: {num_classes}", flush=True)

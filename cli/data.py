@@ -2,6 +2,8 @@
 import argparse
 
 from datasets import DATASET_CHOICES
+from datasets.coco import DATA_PIPELINES, check_pipeline_flags
+from datasets.rtdetr_transforms import OFFICIAL_MULTISCALE_SIZES
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -13,10 +15,26 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--remove_difficult", action="store_true",
                        help="leave annotations marked 'difficult' (VOC-style datasets) out of training and out of "
                             "evaluation (neither found nor missed, as VOC's evaluation)")
+    group.add_argument("--data_pipeline", default=None, choices=DATA_PIPELINES,
+                       help="augmentation and batching: detr (DETR's recipe, ImageNet-normalised images) or rtdetr "
+                            "(RT-DETR's: photometric distortion, zoom-out, IoU crop, flip, square --image_size, "
+                            "images in [0, 1], multi-scale batches); default: the architecture's own")
     group.add_argument("--image_size", default=800, type=int,
-                       help="validation shorter side in pixels; DETR's training scales and crops scale with it")
+                       help="validation shorter side in pixels; DETR's training scales and crops scale with it "
+                            "(rtdetr: the side of the square images, 640 in RT-DETR's presets)")
     group.add_argument("--no_multiscale", dest="multiscale", action="store_false",
-                       help="train at --image_size with flips only (no multi-scale resize, no random crop)")
+                       help="train at --image_size with flips only (no multi-scale resize, no random crop; detr "
+                            "pipeline)")
+    group.add_argument("--stop_epoch", default=None, type=int,
+                       help="rtdetr pipeline: from this epoch on (counting from 0) train without photometric "
+                            "distortion, zoom-out, IoU crop and multi-scale batches (RT-DETR's policy; default: never)")
+    group.add_argument("--multiscale_sizes", default=None, type=int, nargs="*",
+                       help="rtdetr pipeline: square sizes (pixels) that training batches are resized to, one drawn "
+                            "per batch (default: RT-DETR's "
+                            f"{' '.join(str(s) for s in OFFICIAL_MULTISCALE_SIZES)}; no values: no multi-scale)")
+    group.add_argument("--remap_mscoco_category", action="store_true",
+                       help="train on labels 0..K-1 (the K categories in id order; COCO's 80 as RT-DETR) instead of "
+                            "category ids; predictions are mapped back to category ids")
     group.add_argument("--num_workers", default=2, type=int)
     group.add_argument("--aspect_ratio_grouping", action="store_true",
                        help="batch training images of the same orientation (wider than tall, or not) together, as "
@@ -39,3 +57,19 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError(f"--num_workers must be 0 or more, got {args.num_workers}")
     if args.image_size < 1:
         raise ValueError(f"--image_size must be at least 1, got {args.image_size}")
+    if args.stop_epoch is not None and args.stop_epoch < 0:
+        raise ValueError(f"--stop_epoch must be 0 or more, got {args.stop_epoch}")
+    too_small = [size for size in args.multiscale_sizes or () if size < 1]
+    if too_small:
+        raise ValueError(f"--multiscale_sizes must be at least 1 pixel each, got {too_small[0]}")
+    if args.dataset_file == "coco_panoptic":
+        for flag, used in (("--data_pipeline rtdetr", args.data_pipeline == "rtdetr"),
+                           ("--remap_mscoco_category", args.remap_mscoco_category)):
+            if used:
+                raise ValueError(f"{flag} is not supported with --dataset_file coco_panoptic (panoptic data keeps "
+                                 f"DETR's pipeline and category ids)")
+
+
+def check_pipeline(args: argparse.Namespace, pipeline: str) -> None:
+    """The data flags that go with the run's pipeline (the flag's, or the architecture's own)."""
+    check_pipeline_flags(pipeline, args)

@@ -10,11 +10,18 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lr_backbone", default=1e-5, type=float)
     group.add_argument("--batch_size", default=2, type=int)
     group.add_argument("--weight_decay", default=1e-4, type=float)
+    group.add_argument("--weight_decay_norm", default=None, type=float,
+                       help="weight decay of the normalisation layers' parameters (default: --weight_decay)")
+    group.add_argument("--weight_decay_bias", default=None, type=float,
+                       help="weight decay of the other layers' biases (default: --weight_decay)")
     group.add_argument("--epochs", default=300, type=int)
     group.add_argument("--lr_drop", default=200, type=int, help="multiply the learning rates by 0.1 every N epochs")
     group.add_argument("--lr_drop_epochs", default=None, type=int, nargs="+",
                        help="multiply the learning rates by 0.1 at each of these epochs instead (Deformable DETR's "
                             "flag, which its official code never reads)")
+    group.add_argument("--warmup_iters", default=0, type=int,
+                       help="linear learning-rate warm-up over the first N optimiser steps (lr x (step + 1) / N; "
+                            "RT-DETRv2: 2000)")
     group.add_argument("--sgd", action="store_true", help="SGD with momentum 0.9 instead of AdamW")
     group.add_argument("--clip_max_norm", default=0.1, type=float, help="gradient clipping max norm")
     group.add_argument("--output_dir", default="", help="path where to save, empty for no saving")
@@ -41,6 +48,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ema", default=None, type=float, metavar="DECAY",
                        help="keep an exponential moving average of the weights (decay min(DECAY, (1+n)/(10+n)) at "
                             "update n), evaluated next to the raw weights and saved as model_ema in the checkpoint")
+    group.add_argument("--ema_warmups", default=None, type=int, metavar="N",
+                       help="with --ema: decay DECAY * (1 - exp(-n / N)) at update n instead (RT-DETRv2: N 2000)")
     group.add_argument("--channels_last", default="auto", choices=("auto", "on", "off"),
                        help="backbone convolutions in channels_last memory format (the same math, other rounding): "
                             "auto = on for a GPU with --amp, off otherwise; on is 1.03-1.08x faster for training "
@@ -72,5 +81,12 @@ def check(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if args.ema is not None and not 0.0 < args.ema < 1.0:
         raise ValueError(f"--ema must be a decay between 0 and 1 (e.g. 0.9998), got {args.ema}")
+    if args.ema_warmups is not None and (args.ema is None or args.ema_warmups < 1):
+        raise ValueError(f"--ema_warmups must be at least 1 and goes with --ema, got {args.ema_warmups}")
+    if args.warmup_iters < 0:
+        raise ValueError(f"--warmup_iters must be 0 or more, got {args.warmup_iters}")
+    for flag in ("weight_decay_norm", "weight_decay_bias"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 0:
+            raise ValueError(f"--{flag} must not be negative, got {getattr(args, flag)}")
     if args.lr_drop_epochs and min(args.lr_drop_epochs) < 1:
         raise ValueError(f"--lr_drop_epochs must be epochs of 1 or more, got {args.lr_drop_epochs}")

@@ -39,8 +39,10 @@ def build_dataset(image_set: str, args, cache_share: tuple[int, int] = (0, 1)):
 @dataclass
 class RunData:
     """What a run reads: ``train`` (None when only evaluating) and ``val`` datasets, the COCO ground truth of the
-    val images for box and mask AP, the class count the annotations imply, and for panoptic data the category
-    thing map and the val annotation file and PNG folder that PQ is computed against."""
+    val images for box and mask AP, the class count the annotations imply, for panoptic data the category thing
+    map and the val annotation file and PNG folder that PQ is computed against, and with
+    ``--remap_mscoco_category`` the category id of each label (``label_to_category_id[label]``; None without the
+    remap: labels are category ids). Call :meth:`set_epoch` before each training epoch."""
 
     train: torch.utils.data.Dataset | None
     val: torch.utils.data.Dataset
@@ -48,6 +50,15 @@ class RunData:
     num_classes: int
     is_thing_map: dict[int, bool] | None = None
     panoptic_ground_truth: tuple[Path, Path] | None = None
+    label_to_category_id: list[int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the training pipeline the epoch about to start (RT-DETR's: it stops its strong augmentation and
+        multi-scale batches at ``--stop_epoch``); reaches the DataLoader workers, persistent ones included. Call it
+        before iterating over the epoch's batches; a no-op for pipelines that do not depend on the epoch."""
+        shared = getattr(self.train, "epoch", None)
+        if shared is not None:
+            shared.set(epoch)
 
 
 def build_run_data(args: argparse.Namespace, with_train: bool, cache_share: tuple[int, int] = (0, 1)) -> RunData:
@@ -60,8 +71,23 @@ def build_run_data(args: argparse.Namespace, with_train: bool, cache_share: tupl
             raise ValueError(f"the {split} set is empty: annotation file {dataset.ann_file} lists no image")
     num_classes = (val if train is None else train).num_classes()
     if args.dataset_file != "coco_panoptic":
-        return RunData(train, val, get_coco_api_from_dataset(val), num_classes)
+        label_to_category_id = _same_label_table(train, val)
+        return RunData(train, val, get_coco_api_from_dataset(val), num_classes,
+                       label_to_category_id=label_to_category_id)
     # box and mask AP of panoptic data: against the COCO instances of the same images (things only)
     instances = build_dataset("val", argparse.Namespace(**{**vars(args), "dataset_file": "coco", "cache_mode": False}))
     return RunData(train, val, get_coco_api_from_dataset(instances), num_classes, val.is_thing_map(),
                    (val.ann_file, val.ann_folder))
+
+
+def _same_label_table(train, val) -> list[int] | None:
+    """The label -> category id table (``--remap_mscoco_category``) that ``train`` and ``val`` share, or None
+    without the remap; tables that differ are an error naming both annotation files and the first differing id."""
+    table = val.label_to_category_id
+    if train is None or train.label_to_category_id == table:
+        return table
+    first = min(set(train.label_to_category_id) ^ set(table))  # both tables are sorted: their id sets differ
+    only_in = train.ann_file if first in train.label_to_category_id else val.ann_file
+    raise ValueError(f"annotation files {train.ann_file} and {val.ann_file} list different categories (category id "
+                     f"{first} is only in {only_in}); --remap_mscoco_category numbers the categories 0..K-1 in id "
+                     f"order, so both files must list the same ids")

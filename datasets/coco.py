@@ -4,8 +4,9 @@ Layout under ``--coco_path``::
 
     train2017/*.jpg  val2017/*.jpg  annotations/instances_train2017.json  annotations/instances_val2017.json
 
-Each item is ``(image, target)``: image ``[3, H, W]`` float, ImageNet-normalised; target as described in
-``datasets.transforms`` (after ``Normalize``, boxes are relative cxcywh in [0, 1]).
+Each item is ``(image, target)``: image ``[3, H, W]`` float, ImageNet-normalised (``--data_pipeline detr``, the
+default) or in [0, 1] at ``--image_size`` x ``--image_size`` (``rtdetr``: ``datasets.rtdetr_transforms``); target as
+described in ``datasets.transforms`` (boxes relative cxcywh in [0, 1]).
 """
 import contextlib
 import io
@@ -26,10 +27,16 @@ from datasets.bad_images import SkippedImage
 from datasets.image_cache import ImageBytesCache
 from datasets.image_file import BadImageError, read_image
 from datasets.invalid_boxes import drop_invalid_boxes
+from datasets.rtdetr_transforms import OFFICIAL_MULTISCALE_SIZES, MultiScaleBatchResize, make_rtdetr_transforms
+from datasets.shared_epoch import SharedEpoch
+from util.coco_categories import COCO_80_CATEGORY_IDS
 from util.distributed import is_main_process
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DATA_PIPELINES = ("detr", "rtdetr")
+# Per pipeline, the (mean, std) its images were normalised with: x_model = (x - mean) / std for x in [0, 1].
+IMAGE_NORMALIZATION = {"detr": (IMAGENET_MEAN, IMAGENET_STD), "rtdetr": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
 
 COCO_SPLITS = {
     "train": ("train2017", "instances_train2017.json"),
@@ -43,6 +50,15 @@ def _read_annotation_json(ann_file: Path) -> dict:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"annotation file {ann_file} is not valid JSON: {e}") from e
+
+
+def check_label_count(label_to_category_id: list[int], num_classes: int, source: str) -> None:
+    """With the remap, labels 0..K-1 must index the classifier: K <= ``num_classes``; ``source`` names the file."""
+    count = len(label_to_category_id)
+    if count > num_classes:
+        raise ValueError(f"{source} has {count} categories, so category id {label_to_category_id[-1]} is label "
+                         f"{count - 1} with --remap_mscoco_category, but --num_classes is {num_classes}; labels must "
+                         f"be < --num_classes (use --num_classes {count} or more)")
 
 
 def check_category_ids(category_ids, num_classes: int, source: str) -> None:
@@ -77,11 +93,12 @@ class ConvertCocoPolysToMask:
 
     Crowd objects are left out, boxes go from xywh to xyxy, are clipped to the image, and boxes with zero width or
     height after clipping are dropped (with their label, area, iscrowd and mask). An image without objects gives
-    ``boxes`` ``[0, 4]``.
+    ``boxes`` ``[0, 4]``. ``labels`` are the category ids, or ``category_to_label[id]`` when that map is given.
     """
 
-    def __init__(self, return_masks: bool = False):
+    def __init__(self, return_masks: bool = False, category_to_label: Optional[dict[int, int]] = None):
         self.return_masks = return_masks
+        self.category_to_label = category_to_label
 
     def __call__(self, image: PIL.Image.Image, target: dict) -> tuple[PIL.Image.Image, dict]:
         w, h = image.size
@@ -95,7 +112,7 @@ class ConvertCocoPolysToMask:
 
         out = {
             "boxes": boxes[keep],
-            "labels": torch.tensor([obj["category_id"] for obj in anno], dtype=torch.int64)[keep],
+            "labels": torch.tensor([self._label(obj["category_id"]) for obj in anno], dtype=torch.int64)[keep],
             "image_id": torch.tensor([target["image_id"]]),
             "area": torch.tensor([float(obj["area"]) for obj in anno], dtype=torch.float32)[keep],
             "iscrowd": torch.tensor([obj.get("iscrowd", 0) for obj in anno], dtype=torch.int64)[keep],
@@ -105,6 +122,18 @@ class ConvertCocoPolysToMask:
         if self.return_masks:
             out["masks"] = convert_coco_poly_to_mask([obj["segmentation"] for obj in anno], h, w)[keep]
         return image, out
+
+    def _label(self, category_id: int) -> int:
+        # every annotation's category is listed (datasets.annotation_schema), so the map has its id
+        return category_id if self.category_to_label is None else self.category_to_label[category_id]
+
+
+def contiguous_labels(category_ids) -> list[int]:
+    """Label i stands for id ``[i]`` (``--remap_mscoco_category``): COCO's 80 ids in order when the file's ids are
+    among them (the official ``mscoco_label2category``, whatever subset of COCO's categories a file lists), else the
+    file's ids in sorted order."""
+    ids = sorted(int(i) for i in category_ids)
+    return list(COCO_80_CATEGORY_IDS) if set(ids) <= set(COCO_80_CATEGORY_IDS) else ids
 
 
 class CocoDetection(torchvision.datasets.CocoDetection):
@@ -119,12 +148,19 @@ class CocoDetection(torchvision.datasets.CocoDetection):
     (``datasets.image_file``); ``skip_bad_images``: an image that fails gives a ``datasets.bad_images.SkippedImage``
     item instead of an error. ``cache``: keep the files' bytes in memory (``datasets.image_cache``; this process's
     share is ``cache_share`` = (local rank, processes per node)).
+
+    ``remap_categories``: labels are 0..K-1 for the K categories in sorted id order instead of the category ids;
+    ``label_to_category_id`` (a list, index = label; None without the remap) maps them back, and
+    ``num_classes()`` is K. ``batch_transform``: applied by ``datasets.loaders`` to each collated training batch
+    (RT-DETR's ``MultiScaleBatchResize``) or None. ``epoch``: the ``SharedEpoch`` that ``transforms`` and
+    ``batch_transform`` read (RT-DETR's pipeline), or None; the run sets it each epoch (``RunData.set_epoch``).
     """
 
     def __init__(self, img_folder: str | Path, ann_file: str | Path, transforms: Optional[Callable],
                  return_masks: bool, num_classes: Optional[int] = None, remove_difficult: bool = False, *,
                  strict_annotations: bool = False, skip_bad_images: bool = False, cache: bool = False,
-                 cache_share: tuple[int, int] = (0, 1)):
+                 cache_share: tuple[int, int] = (0, 1), remap_categories: bool = False,
+                 batch_transform: Optional[Callable] = None, epoch: Optional[SharedEpoch] = None):
         img_folder, ann_file = Path(img_folder), Path(ann_file)
         if not img_folder.is_dir():
             raise FileNotFoundError(f"image folder {img_folder} not found (expected a directory of the images "
@@ -148,18 +184,38 @@ class CocoDetection(torchvision.datasets.CocoDetection):
                 if ann.get("difficult", 0):
                     ann["iscrowd"] = 1
         self._transforms = transforms
-        self.prepare = ConvertCocoPolysToMask(return_masks)
+        self.batch_transform = batch_transform
+        self.epoch = epoch
+        self.label_to_category_id = self._contiguous_labels() if remap_categories else None
+        self.prepare = ConvertCocoPolysToMask(return_masks, self.category_to_label())
         self.skip_bad_images = skip_bad_images
         self.cache = ImageBytesCache([self._path(i) for i in self.ids], *cache_share) if cache else None
         if self.cache is not None and is_main_process():
             print(f"--cache_mode: {len(self.cache)} of the {len(self.ids)} images of {img_folder} "
                   f"({self.cache.nbytes() / 2**20:.1f} MiB) in memory on this process", flush=True)
-        if num_classes is not None:
+        if num_classes is not None and self.label_to_category_id is not None:
+            check_label_count(self.label_to_category_id, num_classes, f"annotation file {self.ann_file}")
+        elif num_classes is not None:
             check_category_ids(self._category_ids(), num_classes, f"annotation file {self.ann_file}")
 
     def num_classes(self) -> int:
-        """Largest category id + 1 (91 for COCO 2017); every annotation's category is among the categories."""
+        """Largest category id + 1 (91 for COCO 2017), or with the remap the number of categories (80 for COCO);
+        every annotation's category is among the categories."""
+        if self.label_to_category_id is not None:
+            return len(self.label_to_category_id)
         return max(self._category_ids(), default=0) + 1
+
+    def category_to_label(self) -> Optional[dict[int, int]]:
+        """Category id -> label with the remap (the inverse of ``label_to_category_id``); None without it."""
+        if self.label_to_category_id is None:
+            return None
+        return {category_id: label for label, category_id in enumerate(self.label_to_category_id)}
+
+    def _contiguous_labels(self) -> list[int]:
+        if not self.coco.cats:
+            raise ValueError(f"annotation file {self.ann_file} lists no categories: there is nothing to map to "
+                             f"labels 0..K-1 (--remap_mscoco_category)")
+        return contiguous_labels(self.coco.cats)
 
     def _category_ids(self) -> set[int]:
         return set(self.coco.cats)
@@ -219,11 +275,70 @@ def make_coco_transforms(image_set: str, image_size: int = 800, multiscale: bool
     raise ValueError(f"unknown image_set {image_set!r}; expected 'train' or 'val'")
 
 
+def image_transform(pipeline: str, image_size: int) -> Callable[[PIL.Image.Image], torch.Tensor]:
+    """The validation transform of ``pipeline`` for a lone image (no target): PIL RGB -> ``[3, H, W]`` float, as the
+    model of that pipeline takes it (detr: shorter side ``image_size``, ImageNet-normalised; rtdetr: ``image_size``
+    square, in [0, 1])."""
+    if pipeline == "rtdetr":
+        return RTDETRImageTransform(image_size)
+    detr = make_coco_transforms("val", image_size)
+    return lambda image: detr(image, None)[0]
+
+
+class RTDETRImageTransform:
+    """RT-DETR's validation ops on an image alone (``datasets.rtdetr_transforms.val_ops``)."""
+
+    def __init__(self, image_size: int):
+        from torchvision.transforms import v2
+
+        from datasets.rtdetr_transforms import val_ops
+
+        self.ops = v2.Compose([op for op in val_ops(image_size) if not isinstance(op, v2.ConvertBoundingBoxFormat)])
+
+    def __call__(self, image: PIL.Image.Image) -> torch.Tensor:
+        return self.ops(image).as_subclass(torch.Tensor)
+
+
+def check_pipeline_flags(pipeline: str, args) -> None:
+    """Raise ValueError naming a flag that ``pipeline`` ('detr' or 'rtdetr') would not read: ``--stop_epoch`` and
+    ``--multiscale_sizes`` belong to rtdetr, ``--no_multiscale`` to detr."""
+    if pipeline not in DATA_PIPELINES:
+        raise ValueError(f"--data_pipeline must be one of {list(DATA_PIPELINES)}, got {pipeline!r}")
+    if pipeline == "detr":
+        for flag, dest in (("--stop_epoch", "stop_epoch"), ("--multiscale_sizes", "multiscale_sizes")):
+            if getattr(args, dest, None) is not None:
+                raise ValueError(f"{flag} is read by --data_pipeline rtdetr only; this run's pipeline is detr")
+    elif not getattr(args, "multiscale", True):
+        raise ValueError("--no_multiscale is read by --data_pipeline detr only; with rtdetr, '--multiscale_sizes' "
+                         "without values turns the multi-scale batches off")
+
+
+def make_pipeline(image_set: str, args) -> tuple[Callable, Optional[MultiScaleBatchResize], Optional[SharedEpoch]]:
+    """The per-image transforms of ``image_set``, the per-batch transform (or None) and the epoch they read (or
+    None) for ``args.data_pipeline`` (None or 'detr': DETR's recipe, ``make_coco_transforms``; 'rtdetr':
+    ``datasets.rtdetr_transforms`` at ``args.image_size`` square, its augmentation and multi-scale batches (sizes
+    ``args.multiscale_sizes``, None: the official ones, empty: none) until epoch ``args.stop_epoch``)."""
+    pipeline = getattr(args, "data_pipeline", None) or "detr"
+    check_pipeline_flags(pipeline, args)
+    image_size = getattr(args, "image_size", 800)
+    if pipeline == "detr":
+        return make_coco_transforms(image_set, image_size, getattr(args, "multiscale", True)), None, None
+    if image_set != "train":
+        return make_rtdetr_transforms(image_set, image_size), None, None
+    epoch = SharedEpoch()
+    stop_epoch = getattr(args, "stop_epoch", None)
+    sizes = getattr(args, "multiscale_sizes", None)
+    sizes = OFFICIAL_MULTISCALE_SIZES if sizes is None else sizes
+    batch_transform = MultiScaleBatchResize(sizes, stop_epoch, epoch) if sizes else None
+    return make_rtdetr_transforms(image_set, image_size, stop_epoch, epoch), batch_transform, epoch
+
+
 def build(image_set: str, args, cache_share: tuple[int, int] = (0, 1)) -> CocoDetection:
     """COCO ``image_set`` ('train' or 'val') from ``args.coco_path``, ``args.masks``, ``args.num_classes`` (may be
-    None: no id check), ``args.image_size`` (default 800), ``args.multiscale`` (default True),
-    ``args.remove_difficult``, ``args.strict_annotations``, ``args.skip_bad_images`` and ``args.cache_mode`` (default
-    False; ``cache_share``: this process's (local rank, processes per node))."""
+    None: no id check), ``args.remap_mscoco_category`` (default False), the pipeline ``make_pipeline`` reads
+    (``args.data_pipeline``, ``args.image_size``, ``args.multiscale`` ...), ``args.remove_difficult``,
+    ``args.strict_annotations``, ``args.skip_bad_images`` and ``args.cache_mode`` (default False; ``cache_share``:
+    this process's (local rank, processes per node))."""
     root = Path(args.coco_path)
     if not root.is_dir():
         raise FileNotFoundError(f"--coco_path {root} is not a directory (expected train2017/, val2017/ and "
@@ -231,13 +346,15 @@ def build(image_set: str, args, cache_share: tuple[int, int] = (0, 1)) -> CocoDe
     if image_set not in COCO_SPLITS:
         raise ValueError(f"unknown image_set {image_set!r}; expected one of {sorted(COCO_SPLITS)}")
     folder, ann_name = COCO_SPLITS[image_set]
-    transforms = make_coco_transforms(image_set, getattr(args, "image_size", 800), getattr(args, "multiscale", True))
+    transforms, batch_transform, epoch = make_pipeline(image_set, args)
     dataset = CocoDetection(root / folder, root / "annotations" / ann_name, transforms=transforms,
                             return_masks=args.masks, num_classes=getattr(args, "num_classes", None),
                             remove_difficult=getattr(args, "remove_difficult", False),
                             strict_annotations=getattr(args, "strict_annotations", False),
                             skip_bad_images=getattr(args, "skip_bad_images", False),
-                            cache=getattr(args, "cache_mode", False), cache_share=cache_share)
+                            cache=getattr(args, "cache_mode", False), cache_share=cache_share,
+                            remap_categories=getattr(args, "remap_mscoco_category", False),
+                            batch_transform=batch_transform, epoch=epoch)
     if image_set == "train" and len(dataset) and not dataset.coco.anns:
         raise ValueError(f"annotation file {dataset.ann_file} has no usable annotation: nothing to train on")
     return dataset

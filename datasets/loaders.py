@@ -1,8 +1,17 @@
 """The training and validation DataLoaders of a run (single process or one shard per process)."""
 import signal
 from dataclasses import dataclass
+from typing import Callable
 
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+)
 
 from datasets.aspect_ratio_sampler import AspectRatioBatchSampler
 from datasets.bad_images import collate_skipping
@@ -20,17 +29,29 @@ class PinnableNestedTensor(NestedTensor):
 
 
 class PinnableCollate:
-    """``collate`` (a function returning ``(NestedTensor or None, ...)``) whose batch samples can be pinned; a class,
-    not a closure, so that DataLoader workers started by spawning can receive it."""
+    """``collate`` (a function returning ``(NestedTensor or None, targets, ...)``) whose batch samples can be pinned,
+    then ``batch_transform`` (``samples, targets -> samples, targets``; None: none) on each batch that has images;
+    a class, not a closure, so that DataLoader workers started by spawning can receive it."""
 
-    def __init__(self, collate):
+    def __init__(self, collate, batch_transform: Callable | None = None):
         self.collate = collate
+        self.batch_transform = batch_transform
 
     def __call__(self, batch: list) -> tuple:
-        samples, *rest = self.collate(batch)
+        samples, targets, *rest = self.collate(batch)
+        if samples is not None and self.batch_transform is not None:
+            samples, targets = self.batch_transform(samples, targets)
         if samples is not None:
             samples = PinnableNestedTensor(samples.tensors, samples.mask)
-        return (samples, *rest)
+        return (samples, targets, *rest)
+
+
+def batch_transform_of(dataset: Dataset) -> Callable | None:
+    """The transform a dataset asks to apply to its collated batches (``batch_transform``, e.g. RT-DETR's
+    multi-scale resize), looking through ``Subset`` wrappers; None when it has none."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return getattr(dataset, "batch_transform", None)
 
 
 def ignore_job_signals(worker_id: int) -> None:
@@ -65,6 +86,8 @@ def build_loaders(dataset_train: Dataset | None, dataset_val: Dataset, batch_siz
     and a resumed run would then augment differently from the uninterrupted one.)
     ``aspect_ratio_grouping``: training batches of one orientation (``datasets.aspect_ratio_sampler``); every image
     of the epoch is then used, the last batch possibly smaller.
+    Training batches go through the training dataset's ``batch_transform`` when it has one (RT-DETR's multi-scale
+    batches; :func:`batch_transform_of`).
     """
     collate = PinnableCollate(collate_skipping if skip_bad_images else collate_fn)
     if distributed and node_shards is not None:
@@ -88,6 +111,7 @@ def build_loaders(dataset_train: Dataset | None, dataset_val: Dataset, batch_siz
     if len(batch_sampler_train) == 0:
         raise ValueError(f"--batch_size {batch_size} is larger than the training set per process "
                          f"({len(dataset_train)} images / {world_size} processes)")
-    loader_train = DataLoader(dataset_train, batch_sampler=batch_sampler_train, collate_fn=collate,
+    collate_train = PinnableCollate(collate.collate, batch_transform_of(dataset_train))
+    loader_train = DataLoader(dataset_train, batch_sampler=batch_sampler_train, collate_fn=collate_train,
                               num_workers=num_workers, worker_init_fn=ignore_job_signals, pin_memory=pin_memory)
     return Loaders(loader_train, sampler_train, loader_val)

@@ -9,7 +9,8 @@ through forward hooks, so an official DETR checkpoint loads with only the block 
   (``conv2``: a Bottleneck's only one, a BasicBlock's second), reading its input and adding to its output.
 - position ``stage``: once on the output of each chosen stage; places ``layer4``, ...
 
-Stages are numbered as torchvision's ``layer1..layer4`` (the papers' c2..c5). Each block receives the padding mask
+Stages are numbered as torchvision's ``layer1..layer4`` (the papers' c2..c5); RT-DETRv2's PResNet gives the same
+places through ``residual_stage``, each block's ``last_norm`` and ``spatial_conv``. Each block receives the padding mask
 downsampled to its feature map, so padded pixels never enter its pooling or attention.
 """
 from dataclasses import dataclass
@@ -59,8 +60,23 @@ def make_plan(name: str | None, stages: list[int] | None, position: str | None, 
     return AttentionPlan(name, tuple(sorted(set(stages))), position)
 
 
+def residual_stage(body: nn.Module, number: int) -> nn.Module:
+    """Stage ``number`` (1..4) of ``body``: torchvision's ``layer{number}``, or what ``body.residual_stage(number)``
+    returns (RT-DETRv2's PResNet). Iterating a stage gives its residual blocks."""
+    return body.residual_stage(number) if hasattr(body, "residual_stage") else getattr(body, f"layer{number}")
+
+
 def _last_norm(block: nn.Module) -> nn.Module:
+    """The norm whose output the residual addition takes: a block's ``last_norm`` (PResNet names it), else
+    torchvision's ``bn3`` (Bottleneck) or ``bn2`` (BasicBlock)."""
+    if hasattr(block, "last_norm"):
+        return block.last_norm
     return block.bn3 if hasattr(block, "bn3") else block.bn2
+
+
+def _spatial_conv(block: nn.Module) -> nn.Conv2d:
+    """The block's 3x3 convolution: its ``spatial_conv`` (PResNet), else torchvision's ``conv2``."""
+    return block.spatial_conv if hasattr(block, "spatial_conv") else block.conv2
 
 
 def _stage_channels(stage: nn.Sequential) -> int:
@@ -97,12 +113,13 @@ class MaskedAttention(nn.Module):
         self._resized: dict[tuple[int, int], torch.Tensor] = {}
         on_conv = ATTENTION[plan.name].augments_conv
         for s in plan.stages:
-            stage = getattr(body, f"layer{s}")
+            stage = residual_stage(body, s)
             kwargs = {**ATTENTION[plan.name].placement_kwargs(s), **block_kwargs}
             if plan.position == "block":
                 for i, block in enumerate(stage):
                     if on_conv:
-                        self._add(f"layer{s}_{i}", block.conv2, block.conv2.out_channels, kwargs, ConvAugmentHook)
+                        conv = _spatial_conv(block)
+                        self._add(f"layer{s}_{i}", conv, conv.out_channels, kwargs, ConvAugmentHook)
                     else:
                         norm = _last_norm(block)
                         self._add(f"layer{s}_{i}", norm, norm.weight.shape[0], kwargs)

@@ -1,11 +1,14 @@
 """DETR's set-prediction loss: match predictions to targets one-to-one, then supervise the matched pairs."""
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.losses import accuracy, dice_loss, sigmoid_focal_loss
+from models.layers.denoising import contrastive_denoising_indices
+from models.losses import accuracy, dice_loss, sigmoid_focal_loss, varifocal_loss
 from models.query_groups import QueryGroups
-from util.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
+from util.box_ops import box_cxcywh_to_xyxy, box_iou, paired_generalized_box_iou
 from util.distributed import get_world_size, is_dist_avail_and_initialized
 
 
@@ -192,3 +195,115 @@ class FocalSetCriterion(SetCriterion):
 def _pad_to(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Zero-pad ``[N, h, w]`` at the bottom/right to ``[N, height, width]``."""
     return F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2]))
+
+
+class VarifocalSetCriterion(SetCriterion):
+    """RT-DETRv2's loss (official ``RTDETRCriterionv2``): the varifocal loss and the box losses of the last decoder
+    layer, of every earlier layer (``aux_outputs``, each matched on its own unless ``share_matched_indices``), of
+    every layer's denoising queries (``dn_aux_outputs``, paired by construction) and of the encoder's selected
+    tokens (``enc_aux_outputs``).
+
+    losses: among ``vfl`` -> ``loss_vfl`` (:func:`models.losses.varifocal_loss` with ``alpha``, ``gamma``; the
+    target score is the IoU of the matched pair, no gradient) and ``boxes`` -> ``loss_bbox`` (L1) and
+    ``loss_giou`` (1 - GIoU), all normalised by the number of target boxes averaged over processes (denoising: times
+    the number of groups). Names: ``loss_vfl`` ..., then ``loss_vfl_aux_{i}`` (i < num_decoder_layers - 1),
+    ``loss_vfl_dn_{i}`` (i < num_decoder_layers), ``loss_vfl_enc_0`` ... The arguments before ``*`` are the
+    official ones, in its order and with its defaults (the official configs: alpha 0.75, gamma 2).
+
+    As the official, :meth:`forward` returns the terms already multiplied by their weight in ``loss_weights``
+    (``{"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2}`` in the official configs; a term without a weight is not
+    returned), and ``weight_dict`` maps every name it can return to 1.0: for a decoder of ``num_decoder_layers``
+    layers, with intermediate outputs when ``aux_loss`` (the decoder's: aux, encoder and denoising outputs come
+    together) and denoising ones when ``num_denoising`` > 0. With a class-agnostic encoder head
+    (``enc_meta["class_agnostic"]``) the encoder's terms treat every target as class 0 of one class, in the matching
+    too (the official matches them with the real classes, which fails for any class but 0).
+    """
+
+    LOSS_TERMS = {"vfl": ("loss_vfl",), "boxes": ("loss_bbox", "loss_giou")}
+
+    def __init__(self, matcher: nn.Module, loss_weights: dict[str, float], losses: Sequence[str] = ("vfl", "boxes"),
+                 alpha: float = 0.2, gamma: float = 2.0, num_classes: int = 80, *, num_decoder_layers: int = 6,
+                 aux_loss: bool = True, num_denoising: int = 100, share_matched_indices: bool = False):
+        unknown = sorted(set(losses) - set(self.LOSS_TERMS))
+        if unknown:
+            raise ValueError(f"VarifocalSetCriterion: unknown losses {unknown}; choose from {sorted(self.LOSS_TERMS)}")
+        terms = [name for loss in losses for name in self.LOSS_TERMS[loss]]
+        unknown = sorted(set(loss_weights) - set(terms))
+        if unknown:
+            raise ValueError(f"VarifocalSetCriterion: loss_weights name {unknown}, which losses {list(losses)} do "
+                             f"not compute ({terms})")
+        suffixes = [""]
+        if aux_loss:
+            suffixes += [f"_aux_{i}" for i in range(num_decoder_layers - 1)]
+            suffixes += [f"_dn_{i}" for i in range(num_decoder_layers)] if num_denoising > 0 else []
+            suffixes += ["_enc_0"]
+        weighted = [name for name in terms if name in loss_weights]
+        super().__init__(num_classes, matcher, {f"{name}{suffix}": 1.0 for suffix in suffixes for name in weighted},
+                         eos_coef=None, losses=list(losses))
+        self.loss_weights = dict(loss_weights)
+        self.num_decoder_layers = num_decoder_layers
+        self.alpha = alpha
+        self.gamma = gamma
+        self.share_matched_indices = share_matched_indices
+
+    def loss_vfl(self, outputs: dict, targets: list[dict], indices: list, num_boxes: float,
+                 num_classes: int | None = None) -> dict:
+        """``loss_vfl`` of ``pred_logits`` ``[B, Q, K]``: the matched queries' target is the IoU of their box with
+        the target's at the target's class (``num_classes``: K, default ``self.num_classes``)."""
+        num_classes = self.num_classes if num_classes is None else num_classes
+        idx = self._get_src_permutation_idx(indices)
+        src_boxes = outputs["pred_boxes"][idx]
+        target_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)], dim=0)
+        ious = box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes))[0].diagonal().detach()
+        logits = outputs["pred_logits"]
+        target_classes = torch.full(logits.shape[:2], num_classes, dtype=torch.int64, device=logits.device)
+        target_classes[idx] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+        positive = F.one_hot(target_classes, num_classes=num_classes + 1)[..., :-1]
+        score = torch.zeros_like(target_classes, dtype=logits.dtype)
+        score[idx] = ious.to(score.dtype)
+        target_score = score.unsqueeze(-1) * positive
+        return {"loss_vfl": varifocal_loss(logits, target_score, positive, num_boxes, self.alpha, self.gamma)}
+
+    def weighted_losses(self, outputs: dict, targets: list[dict], indices: list, num_boxes: float, suffix: str = "",
+                        num_classes: int | None = None) -> dict:
+        """The weighted terms of one prediction (``pred_logits``, ``pred_boxes``), names followed by ``suffix``."""
+        losses = {}
+        for loss in self.losses:
+            if loss == "vfl":
+                terms = self.loss_vfl(outputs, targets, indices, num_boxes, num_classes)
+            else:
+                terms = self.loss_boxes(outputs, targets, indices, num_boxes)
+            losses.update({f"{k}{suffix}": value * self.loss_weights[k] for k, value in terms.items()
+                           if k in self.loss_weights})
+        return losses
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict:
+        """outputs: RTDETRTransformerv2's dict; targets: per image ``labels`` ``[T_i]`` and ``boxes`` ``[T_i, 4]``
+        (normalised cxcywh). Returns the weighted terms by name."""
+        num_boxes = self.num_boxes(targets, outputs["pred_logits"].device)
+        indices = self.matcher(outputs, targets)
+        losses = self.weighted_losses(outputs, targets, indices, num_boxes)
+        for i, aux_outputs in enumerate(outputs.get("aux_outputs", [])):
+            if not self.share_matched_indices:
+                indices = self.matcher(aux_outputs, targets)
+            losses.update(self.weighted_losses(aux_outputs, targets, indices, num_boxes, f"_aux_{i}"))
+        if "dn_aux_outputs" in outputs:
+            dn_meta = outputs["dn_meta"]
+            indices = contrastive_denoising_indices(dn_meta, targets)
+            for i, dn_outputs in enumerate(outputs["dn_aux_outputs"]):
+                losses.update(self.weighted_losses(dn_outputs, targets, indices, num_boxes * dn_meta["dn_num_group"],
+                                                   f"_dn_{i}"))
+        if "enc_aux_outputs" in outputs:
+            num_classes, enc_targets = self.num_classes, targets
+            if outputs["enc_meta"]["class_agnostic"]:
+                num_classes = 1
+                enc_targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
+            for i, enc_outputs in enumerate(outputs["enc_aux_outputs"]):
+                indices = self.matcher(enc_outputs, enc_targets)
+                losses.update(self.weighted_losses(enc_outputs, enc_targets, indices, num_boxes, f"_enc_{i}",
+                                                   num_classes))
+        unnamed = sorted(set(losses) - set(self.weight_dict))
+        if unnamed:
+            raise ValueError(f"VarifocalSetCriterion: {unnamed} are not in weight_dict: the outputs hold more "
+                             f"than num_decoder_layers ({self.num_decoder_layers}), aux_loss or num_denoising said")
+        return losses

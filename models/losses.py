@@ -38,3 +38,16 @@ def accuracy(output: torch.Tensor, target: torch.Tensor, topk: tuple = (1,)) -> 
     _, pred = output.topk(maxk, 1, True, True)
     correct = pred.t().eq(target.view(1, -1).expand_as(pred.t()))
     return [correct[:k].reshape(-1).float().sum(0) * (100.0 / target.size(0)) for k in topk]
+
+
+def varifocal_loss(logits: torch.Tensor, target_score: torch.Tensor, positive: torch.Tensor, num_boxes: float,
+                   alpha: float = 0.75, gamma: float = 2.0) -> torch.Tensor:
+    """Varifocal loss (Zhang et al. 2021, arXiv:2008.13367) as RT-DETR computes it: binary cross-entropy of logits
+    ``[B, Q, K]`` against ``target_score`` ``[B, Q, K]`` (the IoU with the matched box at its class, 0 elsewhere),
+    each term weighted by ``target_score`` where ``positive`` (one-hot ``[B, Q, K]`` of the matched class) and by
+    ``alpha * sigmoid(logit)^gamma`` (no gradient) elsewhere; mean over queries, summed over images and classes,
+    times Q, divided by ``num_boxes``."""
+    pred_score = logits.sigmoid().detach()
+    weight = alpha * pred_score.pow(gamma) * (1 - positive) + target_score
+    loss = F.binary_cross_entropy_with_logits(logits, target_score, weight=weight, reduction="none")
+    return loss.mean(1).sum() * logits.shape[1] / num_boxes

@@ -34,7 +34,7 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def cost_matrices(self, outputs: dict, targets: list[dict]) -> list[torch.Tensor]:
-        """Per-image cost matrices ``[Q, T_i]`` (on CPU)."""
+        """Per-image cost matrices ``[Q, T_i]`` on the CPU, in the outputs' dtype (half precision as float32)."""
         bs, num_queries = outputs["pred_logits"].shape[:2]
         out_bbox = outputs["pred_boxes"].flatten(0, 1)  # [B*Q, 4]
         tgt_ids = torch.cat([v["labels"] for v in targets])
@@ -44,7 +44,9 @@ class HungarianMatcher(nn.Module):
         cost_bbox = torch.cdist(out_bbox, tgt_bbox, p=1)
         cost_giou = -self.pairwise_giou(box_cxcywh_to_xyxy(out_bbox), box_cxcywh_to_xyxy(tgt_bbox))
         cost = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
-        cost = cost.view(bs, num_queries, -1).float().cpu()
+        cost = cost.view(bs, num_queries, -1).cpu()
+        if cost.dtype in (torch.float16, torch.bfloat16):  # scipy takes neither; float64 stays float64
+            cost = cost.float()
         sizes = [len(v["boxes"]) for v in targets]
         return [c[i] for i, c in enumerate(cost.split(sizes, -1))]
 

@@ -22,8 +22,11 @@ class Architecture:
     ``check_flags(args)`` raises ValueError naming a flag whose value this architecture cannot use (its own flags,
     and shared ones in combination with them).
     ``param_groups(model, args)`` -> the optimiser's parameter groups (see models/param_groups.py).
-    ``unused_shared_flags``: flags of the shared schema (cli/) that this architecture does not read; changed from
-    their defaults they are an error rather than silently ignored.
+    ``topics``: the optional topics of the shared schema (cli/, e.g. ``backbone``, ``deformable_attention``) whose
+    flags this architecture reads; the other topics (model, data, training, evaluation, distributed) are read for
+    every architecture. ``unused_shared_flags``: flags of the topics it reads that it does not. A flag it does not
+    read, changed from its default, is an error rather than silently ignored. ``data_pipeline``: the augmentation
+    and batching it trains with unless ``--data_pipeline`` says otherwise (``detr`` or ``rtdetr``, datasets/).
     """
 
     name: str
@@ -31,4 +34,6 @@ class Architecture:
     add_flags: Callable[[argparse.ArgumentParser], None]
     check_flags: Callable[[argparse.Namespace], None]
     param_groups: Callable[[nn.Module, argparse.Namespace], list[dict]]
+    topics: tuple[str, ...] = ()
     unused_shared_flags: tuple[str, ...] = ()
+    data_pipeline: str = "detr"

@@ -7,6 +7,8 @@ import torch
 import cli
 from tools.data.synthetic import generate
 
+REAL_CONNECT = socket.socket.connect
+
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
@@ -17,6 +19,19 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture
+def local_sockets(monkeypatch):
+    """DataLoader workers hand tensors to the main process over a Unix socket: allow those, still no network."""
+    refuse = socket.socket.connect  # the autouse no_network's
+
+    def connect(sock, address):
+        if sock.family != socket.AF_UNIX:
+            return refuse(sock, address)
+        return REAL_CONNECT(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
 
 
 @pytest.fixture(autouse=True)
@@ -56,12 +71,43 @@ TINY_FLAGS = [
 TINY_ARCHITECTURE_FLAGS = {
     "deformable_detr": ["--enc_n_points", "2", "--dec_n_points", "2"],
     "dino": ["--enc_n_points", "2", "--dec_n_points", "2", "--num_select", "20", "--dn_number", "4"],
+    "rtdetrv2": ["--depth", "18", "--freeze_at", "-1", "--no_freeze_norm", "--enc_hidden_dim", "32",
+                 "--enc_dim_feedforward", "64", "--num_feature_levels", "3", "--num_points", "2", "2", "2",
+                 "--num_denoising", "6", "--num_top_queries", "20", "--eval_spatial_size", "64", "64",
+                 "--multiscale_sizes"],
 }
 
 
-def tiny_architecture_flags(meta_arch: str) -> list[str]:
-    """``--meta_arch meta_arch`` and what makes it tiny on top of TINY_FLAGS."""
-    return ["--meta_arch", meta_arch, *TINY_ARCHITECTURE_FLAGS.get(meta_arch, [])]
+def _options(flags: list[str]) -> list[list[str]]:
+    """``["--a", "1", "--b"]`` -> ``[["--a", "1"], ["--b"]]`` (an option and its values)."""
+    groups = []
+    for flag in flags:
+        if flag.startswith("--"):
+            groups.append([flag])
+        else:
+            groups[-1].append(flag)
+    return groups
+
+
+def tiny_architecture_flags(meta_arch: str, base: list[str] | None = None) -> list[str]:
+    """``base`` (TINY_FLAGS or TINY_MODEL_FLAGS; default none) less the flags ``meta_arch`` does not read (and
+    DETR's --no_multiscale where the architecture trains with another data pipeline), then ``--meta_arch
+    meta_arch`` and what makes it tiny."""
+    import cli
+    from models import architecture
+
+    parser = cli.get_args_parser()
+    dests = {option: action.dest for action in parser._actions for option in action.option_strings}
+    owners = cli.flag_owners()
+    kept = []
+    for option in _options(base or []):
+        dest = dests[option[0]]
+        if owners.get(dest, meta_arch) != meta_arch or meta_arch not in cli.readers(dest) and dest not in owners:
+            continue
+        if option[0] == "--no_multiscale" and architecture(meta_arch).data_pipeline != "detr":
+            continue
+        kept += option
+    return [*kept, "--meta_arch", meta_arch, *TINY_ARCHITECTURE_FLAGS.get(meta_arch, [])]
 
 
 @pytest.fixture

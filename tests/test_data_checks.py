@@ -4,7 +4,6 @@ values checked as the command line checks them."""
 import contextlib
 import io
 import json
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,19 +26,6 @@ from util.config import ConfigError, parse_args_with_config
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
 
 W, H = 48, 32  # the hand-made images: landscape, so a transposed one is caught
-REAL_CONNECT = socket.socket.connect  # (tests/conftest.py refuses every connection while a test runs)
-
-
-@pytest.fixture
-def local_sockets(monkeypatch):
-    """DataLoader workers hand tensors to the main process over a Unix socket: allow those, still no network."""
-
-    def connect(sock, address):
-        if sock.family != socket.AF_UNIX:
-            raise RuntimeError("tests must not use the network")
-        return REAL_CONNECT(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
 
 
 def _args(root, **kw) -> SimpleNamespace:

@@ -27,8 +27,29 @@ def test_average_follows_the_decay_ramp_and_copies_counters():
     assert ema.current_decay() == 0.5 and ema.updates == 22
     assert ema.module.num_batches_tracked.item() == 7  # copied, not averaged
     assert not ema.module.weight.requires_grad and not ema.module.training
-    with pytest.raises(ValueError, match="--ema"):
+    with pytest.raises(ValueError, match="decay must be between 0 and 1"):
         ModelEMA(model, decay=1.0)
+
+
+def test_rtdetr_ramp_with_warmups():
+    """--ema_warmups N: the decay of update n is DECAY * (1 - exp(-n / N)), as RT-DETRv2's ModelEMA."""
+    import math
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = ModelEMA(model, decay=0.9, warmups=4)
+    expected = 0.0
+    with torch.no_grad():
+        for n in range(1, 6):
+            model.weight.fill_(float(n))
+            d = 0.9 * (1 - math.exp(-n / 4))
+            assert ema.current_decay() == pytest.approx(d)
+            ema.update(model)
+            expected = d * expected + (1 - d) * n
+            assert ema.module.weight.item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="warmups"):
+        ModelEMA(model, decay=0.9, warmups=0)
 
 
 @pytest.fixture(scope="module")

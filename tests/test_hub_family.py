@@ -30,3 +30,32 @@ def test_official_weights_load_from_the_named_checkpoint(tmp_path):
     loaded = hubconf.deformable_detr_resnet50_single_scale(pretrained=True, checkpoint=str(tmp_path / "official.pth"))
     for key, value in source.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("name", sorted(hubconf.RTDETRV2_MODELS))
+def test_rtdetrv2_entries_load_the_release_files_ema_weights_strictly(name, monkeypatch):
+    """pretrained=True: the release URL's file ({"ema": {"module": ...}}, as released) loaded strictly; the
+    post-processor gives COCO category ids and takes (w, h) sizes, as the official one (no network: the download is
+    replaced by a file of that format made from another model of the same preset)."""
+    torch.manual_seed(0)
+    with torch.device("meta") if name != "rtdetrv2_r18vd" else torch.device("cpu"):
+        source = getattr(hubconf, name)()
+    if name != "rtdetrv2_r18vd":  # the larger presets: names and shapes only (meta tensors, no memory)
+        assert source.decoder.dec_score_head[0].out_features == 80
+        return
+    release = {"ema": {"module": source.state_dict(), "updates": 1000}, "date": "2024-07-24"}
+    asked = []
+    monkeypatch.setattr(hubconf, "load_checkpoint", lambda url, flag: asked.append(url) or release)
+    torch.manual_seed(1)
+    model, postprocessor = hubconf.rtdetrv2_r18vd(pretrained=True, return_postprocessor=True)
+    assert asked == [hubconf.RTDETRV2_MODELS[name][2]]
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    logits = torch.full((1, 4, 80), -9.0)
+    logits[0, 2, 11] = 3.0  # label 11 is COCO category 13 (12 is not a COCO category)
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2]] * 4])
+    result = postprocessor({"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([[200, 100]]))[0]  # (w, h)
+    assert result["labels"][0].item() == 13
+    torch.testing.assert_close(result["boxes"][0], torch.tensor([80.0, 40.0, 120.0, 60.0]))
+    with pytest.raises(ValueError, match="80 classes"):
+        hubconf.rtdetrv2_r18vd(pretrained=True, num_classes=3)

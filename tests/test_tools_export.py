@@ -26,7 +26,8 @@ OTHER_SIZE = (1, 3, 96, 160)  # neither the export example nor the tool's check 
 SMALLER = {"detr": [],
            "deformable_detr": ["--dec_layers", "1", "--feature_layer", "layer3", "--backbone_trainable_layers", "4",
                                "--num_feature_levels", "2"],
-           "dino": ["--dec_layers", "1", "--num_feature_levels", "3"]}
+           "dino": ["--dec_layers", "1", "--num_feature_levels", "3"],
+           "rtdetrv2": ["--dec_layers", "1"]}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def checkpoints(tiny_coco, tmp_path_factory) -> dict[str, Path]:
 
 def _eager(arch: str, checkpoint: Path, images: torch.Tensor) -> list[torch.Tensor]:
     """The checkpoint's model built here from the flags it was trained with, run as the export's caller would."""
-    args = cli.get_args_parser().parse_args([*TINY_FLAGS, "--num_classes", "12", *tiny_architecture_flags(arch),
+    args = cli.get_args_parser().parse_args([*tiny_architecture_flags(arch, TINY_FLAGS), "--num_classes", "12",
                                              *SMALLER[arch]])
     model, _, _ = build_model(args)
     model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
@@ -109,6 +110,18 @@ def test_exported_programs_match_the_eager_model(checkpoints, tmp_path, loaded_b
     images = torch.rand(OTHER_SIZE, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         _assert_close(program.module()(images), _eager(arch, checkpoints[arch], images))
+
+
+def test_rtdetrv2_exports_its_deployed_form_at_its_fixed_size(checkpoints, tmp_path, loaded_back):
+    """RT-DETRv2: exported after deploy() (RepVGG blocks folded) at --eval_spatial_size (64 x 64 here), checked by
+    onnxruntime against the eager, unfolded model on another image of that size."""
+    output = tmp_path / "model.onnx"
+    assert _export(checkpoints["rtdetrv2"], "onnx", output) <= export.DEFAULT_TOLERANCE
+    session, = loaded_back
+    assert [list(i.shape) for i in session.get_inputs()] == [[1, 3, 64, 64]]
+    images = torch.rand((1, 3, 64, 64), generator=torch.Generator().manual_seed(4))
+    got = [torch.from_numpy(y) for y in session.run(None, {"images": images.numpy()})]
+    _assert_close(got, _eager("rtdetrv2", checkpoints["rtdetrv2"], images))
 
 
 def _one_error_line(capsys, argv) -> str:

@@ -9,7 +9,7 @@ from tests.conftest import TINY_FLAGS, tiny_architecture_flags
 
 def train_tiny(coco_path: Path, output_dir: Path, arch: str = "detr", *extra: str) -> Path:
     """Train a tiny ``arch`` model for one epoch on ``coco_path`` (evaluating once); returns its checkpoint.pth."""
-    args = cli.get_args_parser().parse_args([*TINY_FLAGS, "--coco_path", str(coco_path), "--epochs", "1",
-                                             "--output_dir", str(output_dir), *tiny_architecture_flags(arch), *extra])
+    args = cli.get_args_parser().parse_args([*tiny_architecture_flags(arch, TINY_FLAGS), "--coco_path", str(coco_path),
+                                             "--epochs", "1", "--output_dir", str(output_dir), *extra])
     run(args)
     return output_dir / "checkpoint.pth"

@@ -18,16 +18,18 @@
 
 The exported model takes one image, ``images`` ``[1, 3, H, W]`` float32 of any height and width: RGB, resized
 and normalised as the validation transform does (``datasets.coco.make_coco_transforms("val", image_size)``:
-shorter side ``--image_size``, ImageNet mean and std). It returns ``pred_logits`` ``[1, Q, K]`` (DETR: softmax
-logits with a last "no object" class; Deformable DETR and DINO: sigmoid logits), ``pred_boxes`` ``[1, Q, 4]``
-(cx, cy, w, h in [0, 1] of the image) and, for mask models, ``pred_masks`` ``[1, Q, H/4, W/4]`` (logits); the
-post-processing (``models/*/postprocess.py``) stays outside.
+shorter side ``--image_size``, ImageNet mean and std). Models of the ``rtdetr`` data pipeline (RT-DETRv2) are
+exported in deploy form (RepVGG blocks folded, ``model.deploy()``, as the official export) at their fixed
+``--eval_spatial_size`` (their stored anchors and position tables), taking images in [0, 1] resized to that size.
+It returns ``pred_logits`` ``[1, Q, K]`` (DETR: softmax logits with a last "no object" class; the others: sigmoid
+logits), ``pred_boxes`` ``[1, Q, 4]`` (cx, cy, w, h in [0, 1] of the image) and, for mask models, ``pred_masks``
+``[1, Q, H/4, W/4]`` (logits); the post-processing (models/postprocess.py) stays outside.
 
 Check: the written file is loaded back (onnxruntime, ``torch.jit.load``, ``torch.export.load``) and run on two
-inputs of other sizes than the export example (320 x 480 and 448 x 352); the largest absolute difference from the
-eager model over all outputs is printed as ``max abs diff: X``, and above ``--tolerance`` (default 1e-4) the tool
-exits with status 1. A model or format that cannot be exported ends in one line ``error: ...`` (status 1), without
-a traceback.
+inputs of other sizes than the export example (320 x 480 and 448 x 352; fixed-size models: two other inputs of their
+size); the largest absolute difference from the eager model over all outputs is printed as ``max abs diff: X``, and
+above ``--tolerance`` (default 1e-4) the tool exits with status 1. A model or format that cannot be exported ends in
+one line ``error: ...`` (status 1), without a traceback.
 """
 import argparse
 import contextlib
@@ -92,13 +94,18 @@ def main(argv: list[str] | None = None) -> float:
     loaded = load_model(args, checkpoint)
     masks = bool(loaded.args.masks)
     what = f"{loaded.args.meta_arch}{' with --masks' if masks else ''}"
+    fixed = tuple(loaded.args.eval_spatial_size) if loaded.args.data_pipeline == "rtdetr" else None
+    if hasattr(loaded.model, "deploy"):
+        loaded.model.deploy()  # the deployed form (RepVGG blocks folded), as the official export
     wrapper = ImageModel(loaded.model, masks)
     for p in wrapper.parameters():
         p.requires_grad_(False)
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn(EXAMPLE_SHAPE, generator=generator).to(device)
-    checks = [torch.randn(shape, generator=generator).to(device) for shape in CHECK_SHAPES]
+    example_shape, check_shapes = ((1, 3, *fixed), [(1, 3, *fixed)] * 2) if fixed else (EXAMPLE_SHAPE, CHECK_SHAPES)
+    example = torch.randn(example_shape, generator=generator).to(device)
+    checks = [torch.randn(shape, generator=generator).to(device) for shape in check_shapes]
+    args.dynamic_size = fixed is None
     output = Path(args.output)
     if args.format == "exported_program" and output.suffix != ".pt2":
         raise UserError(f"--output {output}: torch.export programs load back only from a file ending in .pt2")
@@ -142,14 +149,14 @@ def export_onnx(wrapper: ImageModel, example: Tensor, output: Path, args: argpar
     names = output_names(wrapper.masks)
     with _failure_as_one_line("onnx", what, "export"), contextlib.redirect_stdout(io.StringIO()):
         torch.onnx.export(wrapper, (example,), str(output), input_names=["images"], output_names=names,
-                          dynamic_shapes={"images": {2: "height", 3: "width"}},
+                          dynamic_shapes={"images": {2: "height", 3: "width"}} if args.dynamic_size else None,
                           opset_version=args.opset, dynamo=True, optimize=False, external_data=False, verbose=False)
     with _failure_as_one_line("onnx", what, "load with onnxruntime the ONNX file of"):
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: its optimiser notes every node it cannot fold
         session = onnxruntime.InferenceSession(str(output), options, providers=["CPUExecutionProvider"])
-    print(f"ONNX opset {args.opset}; input images [1, 3, height, width]; outputs {', '.join(names)}",
-          flush=True)
+    size = "height, width" if args.dynamic_size else ", ".join(map(str, example.shape[2:]))
+    print(f"ONNX opset {args.opset}; input images [1, 3, {size}]; outputs {', '.join(names)}", flush=True)
 
     def run(x: Tensor) -> list[Tensor]:
         with _failure_as_one_line("onnx", what, "run in onnxruntime the ONNX file of"):
@@ -182,7 +189,8 @@ def export_torchscript(wrapper: ImageModel, example: Tensor, output: Path, args:
 def export_program(wrapper: ImageModel, example: Tensor, output: Path, args: argparse.Namespace, what: str):
     auto = torch.export.Dim.AUTO
     with _failure_as_one_line("exported_program", what, "export"):
-        program = torch.export.export(wrapper, (example,), dynamic_shapes={"images": {2: auto, 3: auto}})
+        dynamic = {"images": {2: auto, 3: auto}} if args.dynamic_size else None
+        program = torch.export.export(wrapper, (example,), dynamic_shapes=dynamic)
         torch.export.save(program, str(output))
     with _failure_as_one_line("exported_program", what, "load the program of"):
         module = torch.export.load(str(output)).module()

@@ -17,7 +17,7 @@ import cli
 from datasets.category_names import coco_category_names, dataset_annotation_files, dataset_category_names
 from models import build_model
 from util.checkpoint import load_checkpoint
-from util.config import load_preset
+from util.config import load_preset, parse_args_with_config
 from util.training_state import class_count_hint, flag_differences, model_state, state_for, state_mismatch
 from util.user_error import UserError
 
@@ -66,6 +66,7 @@ def load_model(args: argparse.Namespace, checkpoint: dict | None) -> LoadedModel
     """The model ``args`` describe with the weights of ``checkpoint`` (or of the hub entry ``args.resume``), in
     eval mode on ``args.device``; errors that the user can fix are one-line UserErrors."""
     device = torch.device(args.device)
+    args = cli.resolve_data_pipeline(args)
     if checkpoint is None:
         model, postprocessors, args = _hub_model(args)
     else:
@@ -90,6 +91,12 @@ def _hub_model(args: argparse.Namespace) -> tuple[nn.Module, dict, argparse.Name
     from models.detr.segmentation import PostProcessPanoptic, PostProcessSegm, coco_panoptic_is_thing_map
 
     name = args.resume
+    if name in hubconf.RTDETRV2_MODELS:
+        model, postprocessor = getattr(hubconf, name)(pretrained=True, return_postprocessor=True)
+        preset = hubconf.CONFIGS / hubconf.RTDETRV2_MODELS[name][0]
+        parser = argparse.ArgumentParser(parents=[cli.get_args_parser()])
+        preset_args = parse_args_with_config(parser, ["--config", str(preset), "--device", args.device])
+        return model, {"bbox": postprocessor}, cli.resolve_data_pipeline(preset_args)
     if name in hubconf.PRESET_MODELS:
         preset, _, page = hubconf.PRESET_MODELS[name]
         raise UserError(f"--resume {name}: the official weights are published at {page}, which cannot be downloaded "

@@ -38,8 +38,9 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 import cli
-from datasets.coco import make_coco_transforms
+from datasets.coco import image_transform
 from datasets.image_file import BadImageError
+from models.postprocess import detections
 from tools.command_line import run_tool
 from tools.image_inputs import expand_inputs, read_input_image
 from tools.model_loading import LoadedModel, load_model, parse_with_checkpoint_flags
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> Path:
     names = OutputNames(paths, output_dir)
     results, skipped = [], 0
     progress = Progress(len(paths))
-    for batch, batch_skipped in batches(paths, loaded.args.image_size, args.batch_size):
+    for batch, batch_skipped in batches(paths, image_transform(loaded.args.data_pipeline, loaded.args.image_size),
+                                        args.batch_size):
         skipped += batch_skipped
         for item, prediction in zip(batch, predict(loaded, batch, args.threshold)):
             picture(item.image, prediction, loaded.category_names).save(output_dir / names.of(item.path))
@@ -117,10 +119,9 @@ def main(argv: list[str] | None = None) -> Path:
     return results_path
 
 
-def batches(paths: list[Path], image_size: int, batch_size: int):
-    """Yield (items, images skipped before them): consecutive readable images whose model inputs have the same
-    size, at most ``batch_size`` together."""
-    transform = make_coco_transforms("val", image_size)
+def batches(paths: list[Path], transform, batch_size: int):
+    """Yield (items, images skipped before them): consecutive readable images whose model inputs (``transform``:
+    PIL image -> tensor) have the same size, at most ``batch_size`` together."""
     batch, skipped = [], 0
     for path in paths:
         try:
@@ -129,7 +130,7 @@ def batches(paths: list[Path], image_size: int, batch_size: int):
             print(f"warning: skipped {exc}", flush=True)
             skipped += 1
             continue
-        tensor, _ = transform(image, None)
+        tensor = transform(image)
         if batch and (len(batch) == batch_size or batch[0].tensor.shape != tensor.shape):
             yield batch, skipped
             batch, skipped = [], 0
@@ -147,7 +148,7 @@ def predict(loaded: LoadedModel, batch: list[Item], threshold: float) -> list[Pr
     samples = nested_tensor_from_tensor_list([item.tensor for item in batch]).to(device)
     outputs = loaded.model(samples)
     image_sizes = torch.tensor([[item.image.height, item.image.width] for item in batch], device=device)
-    results = loaded.postprocessors["bbox"](outputs, image_sizes)
+    results = detections(loaded.postprocessors["bbox"], outputs, image_sizes)
     predictions = []
     for i, result in enumerate(results):
         keep = (result["scores"] >= threshold).nonzero().flatten()

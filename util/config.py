@@ -103,3 +103,11 @@ def is_plain(v) -> bool:
     all accept."""
     return v is None or isinstance(v, (bool, int, float, str)) or (
         isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float, str)) for x in v))
+
+
+def add_switch(group, name: str, default: bool, help: str) -> None:
+    """``--name`` and ``--no_name`` on an argparse group, for a boolean whose official value may be True (a preset
+    key ``name`` sets either)."""
+    group.add_argument(f"--{name}", dest=name, action="store_true", default=default,
+                       help=f"{help} (default: {default})")
+    group.add_argument(f"--no_{name}", dest=name, action="store_false", default=default, help=f"undo --{name}")

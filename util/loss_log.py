@@ -72,6 +72,7 @@ class DeferredLosses:
             if self.stop_on_non_finite and not math.isfinite(loss_value):
                 raise NonFiniteLossError(self.epoch, iteration, scaled)
             metric_logger.update(loss=loss_value, **scaled, **unscaled)
-            metric_logger.update(class_error=unscaled["class_error_unscaled"])
+            if "class_error_unscaled" in unscaled:  # criteria that log a class error (not RT-DETRv2's)
+                metric_logger.update(class_error=unscaled["class_error_unscaled"])
             if lr is not None:
                 metric_logger.update(lr=lr)

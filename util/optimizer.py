@@ -59,3 +59,25 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, lr_drop: int, lr_drop_e
     if lr_drop_epochs:
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, sorted(lr_drop_epochs))
     return torch.optim.lr_scheduler.StepLR(optimizer, lr_drop)
+
+
+class LinearWarmup:
+    """Learning rates ramped linearly over the first ``warmup_iters`` optimiser steps: step s (0-based, counted over
+    the whole run) trains at ``min(1, (s + 1) / warmup_iters)`` times each group's initial rate (RT-DETRv2's
+    ``LinearWarmup``); from step ``warmup_iters`` on the rates are left to the epoch schedule. The step index comes
+    from the epoch and the iteration, so a resumed run continues the ramp where it was."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_iters: int):
+        if warmup_iters < 1:
+            raise ValueError(f"LinearWarmup: warmup_iters must be at least 1, got {warmup_iters}")
+        self.optimizer = optimizer
+        self.warmup_iters = warmup_iters
+        self.initial_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+
+    def __call__(self, step: int) -> None:
+        """Set the rates of optimiser step ``step``."""
+        if step >= self.warmup_iters:
+            return
+        factor = (step + 1) / self.warmup_iters
+        for group, initial in zip(self.optimizer.param_groups, self.initial_lrs):
+            group["lr"] = initial * factor

@@ -42,19 +42,24 @@ class TrainStep:
     ``max_norm`` > 0 clips the gradient norm (``torch.nn.utils.clip_grad_norm_``, its foreach kernels where the
     device has them); ``precision`` is ``--amp`` (util/amp.py; default off); ``ema`` is updated from ``ema_source``
     (the model without DDP or compile wrappers; default ``model``) after every step; ``host_check`` forces the
-    official per-step host check of the loss (default: only where the optimiser cannot skip a step by itself).
+    official per-step host check of the loss (default: only where the optimiser cannot skip a step by itself);
+    ``warmup`` (util/optimizer.LinearWarmup) sets the learning rates of the step whose index the call gives.
     """
 
     def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, max_norm: float = 0.0,
                  *, precision: Precision | None = None, ema: ModelEMA | None = None,
-                 ema_source: nn.Module | None = None, host_check: bool | None = None):
+                 ema_source: nn.Module | None = None, host_check: bool | None = None, warmup=None):
         self.model, self.criterion, self.optimizer, self.max_norm = model, criterion, optimizer, max_norm
+        self.warmup = warmup
         self.precision = precision or Precision("off", torch.device("cpu"))
         self.ema, self.ema_source = ema, ema_source if ema_source is not None else model
         skips_by_itself = bool(optimizer.defaults.get("fused"))
         self.host_check = not skips_by_itself if host_check is None else host_check
 
-    def __call__(self, samples, targets: list[dict]) -> StepResult:
+    def __call__(self, samples, targets: list[dict], step_index: int | None = None) -> StepResult:
+        """One step on a batch; ``step_index``: its index among the run's optimiser steps (for the warm-up)."""
+        if self.warmup is not None and step_index is not None:
+            self.warmup(step_index)
         with self.precision.autocast():
             outputs = self.model(samples, targets) if takes_targets(self.model) else self.model(samples)
         outputs = self.precision.to_fp32(outputs)
@@ -73,7 +78,7 @@ class TrainStep:
         except Exception as exc:  # noqa: BLE001 - only a --compile backward failure is handled, others re-raised
             if not (isinstance(self.model, CompiledWithFallback) and self.model.fall_back(exc)):
                 raise
-            return self(samples, targets)  # the same step again, eager
+            return self(samples, targets, step_index)  # the same step again, eager
         if scaler is not None:
             scaler.unscale_(self.optimizer)
         if self.max_norm > 0:

@@ -21,7 +21,12 @@ CHECKPOINT_NAME = "checkpoint.pth"
 
 
 def model_state(checkpoint: dict, flag: str) -> dict:
-    """The ``model`` entry of a loaded checkpoint; ``flag`` names the option the file came from."""
+    """The model weights of a loaded checkpoint: its ``model`` entry, or in the official RT-DETR and D-FINE files
+    (``{"ema": {"module": ...}}``, training states included) the moving average, which their code evaluates and
+    releases; ``flag`` names the option the file came from."""
+    ema = checkpoint.get("ema") if isinstance(checkpoint, dict) else None
+    if isinstance(ema, dict) and isinstance(ema.get("module"), dict):
+        return ema["module"]
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         keys = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ValueError(f"{flag}: the file has no 'model' entry (keys: {keys})")
@@ -45,7 +50,9 @@ def class_count_hint(state: dict, model: nn.Module, num_classes: int) -> str:
     differs (``num_classes``: the run's; its classifier may have extra outputs, as DETR's "no object")."""
     own = model.state_dict()
     for key, value in state.items():
-        if key.endswith("class_embed.bias") and key in own and own[key].shape != value.shape:
+        is_classifier = key.endswith(("class_embed.bias", "score_head.bias")) or ".score_head." in key \
+            and key.endswith(".bias")
+        if is_classifier and key in own and own[key].shape != value.shape:
             file_classes = value.shape[0] - (own[key].shape[0] - num_classes)
             return (f"; the checkpoint has {file_classes} classes and this run {num_classes}: add --num_classes "
                     f"{file_classes}")

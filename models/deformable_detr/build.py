@@ -16,7 +16,9 @@ from models.param_groups import build_param_groups
 from models.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
 from models.postprocess import SigmoidTopKPostProcess
 
-# shared flags this architecture does not read (cli.check_args: changed from their defaults, they are errors)
+# the optional shared topics (cli/) it reads, and the flags in them it does not (its layers are post-norm);
+# changed from their defaults, those are errors (cli.check_args)
+TOPICS = ("backbone", "attention", "transformer", "deformable_attention", "loss")
 UNUSED_SHARED_FLAGS = ("pre_norm",)
 
 
@@ -108,4 +110,5 @@ def linear_projections(model: nn.Module) -> list[nn.Module]:
 
 def param_groups(model: nn.Module, args: argparse.Namespace) -> list[dict]:
     return build_param_groups(model, args.lr_backbone, args.lr_attn, lr=args.lr,
-                              scaled_modules=linear_projections(model), lr_scale=args.lr_linear_proj_mult)
+                              scaled_modules=linear_projections(model), lr_scale=args.lr_linear_proj_mult,
+                              weight_decay_norm=args.weight_decay_norm, weight_decay_bias=args.weight_decay_bias)

@@ -20,6 +20,11 @@ from models.matcher import build_matcher
 from models.param_groups import build_param_groups
 from models.postprocess import PostProcess
 
+# the optional shared topics (cli/) it reads, and the flags in them it does not (the sigmoid classifiers' focal loss);
+# changed from their defaults, those are errors (cli.check_args)
+TOPICS = ("backbone", "attention", "transformer", "loss")
+UNUSED_SHARED_FLAGS = ("cls_loss_coef", "focal_alpha")
+
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("DETR (--meta_arch detr)")
@@ -82,4 +87,5 @@ def build(args: argparse.Namespace, is_thing_map: dict[int, bool] | None = None)
 
 
 def param_groups(model: nn.Module, args: argparse.Namespace) -> list[dict]:
-    return build_param_groups(model, args.lr_backbone, args.lr_attn)
+    return build_param_groups(model, args.lr_backbone, args.lr_attn, weight_decay_norm=args.weight_decay_norm,
+                              weight_decay_bias=args.weight_decay_bias)

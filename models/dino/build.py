@@ -20,21 +20,17 @@ from models.matcher import FocalHungarianMatcher
 from models.param_groups import build_param_groups
 from models.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
 from models.postprocess import SigmoidTopKPostProcess
+from util.config import add_switch
 
 # --return_interm_indices -> the backbone stages read (the official code reads the last len(indices) stages)
 RETURN_INTERM_INDICES = {(1, 2, 3): ("layer2", "layer3", "layer4"),
                          (0, 1, 2, 3): ("layer1", "layer2", "layer3", "layer4"),
                          (3,): ("layer4",)}
 MATCHER_TYPES = ("HungarianMatcher",)
-# shared flags DINO does not read (its stages come from --return_interm_indices); changed, they are errors
+# the optional shared topics (cli/) it reads, and the flags in them it does not (its stages come from
+# --return_interm_indices); changed from their defaults, those are errors (cli.check_args)
+TOPICS = ("backbone", "attention", "transformer", "deformable_attention", "loss")
 UNUSED_SHARED_FLAGS = ("feature_layer",)
-
-
-def _add_switch(group, name: str, default: bool, help: str) -> None:
-    """``--name`` and ``--no_name`` for a boolean whose official value may be True (a preset key ``name``)."""
-    group.add_argument(f"--{name}", dest=name, action="store_true", default=default,
-                       help=f"{help} (default: {default})")
-    group.add_argument(f"--no_{name}", dest=name, action="store_false", default=default, help=f"undo --{name}")
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -55,10 +51,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        help="the encoder's class head is the decoder's (needs shared decoder heads)")
     group.add_argument("--two_stage_learn_wh", action="store_true",
                        help="learn the size of the encoder's proposals (default: 0.05 * 2**level)")
-    _add_switch(group, "embed_init_tgt", True,
+    add_switch(group, "embed_init_tgt", True,
                 "learned content queries with query selection (else the selected tokens' features)")
-    _add_switch(group, "dec_pred_class_embed_share", True, "one class head shared by all decoder layers")
-    _add_switch(group, "dec_pred_bbox_embed_share", True, "one box head shared by all decoder layers")
+    add_switch(group, "dec_pred_class_embed_share", True, "one class head shared by all decoder layers")
+    add_switch(group, "dec_pred_bbox_embed_share", True, "one box head shared by all decoder layers")
     group.add_argument("--random_refpoints_xy", action="store_true",
                        help="with --two_stage_type no: draw the anchor centres uniformly (the official code "
                             "overwrites them with its xavier initialisation afterwards)")
@@ -71,7 +67,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                             "--no_use_dn), ca_content (deformable attention to the memory)")
     group.add_argument("--decoder_module_seq", default=list(MODULES), nargs=3, choices=MODULES,
                        help="order of a decoder layer's blocks")
-    _add_switch(group, "use_dn", True, "contrastive denoising queries in training")
+    add_switch(group, "use_dn", True, "contrastive denoising queries in training")
     group.add_argument("--dn_number", default=100, type=int,
                        help="denoising budget: 2 * dn_number queries per batch when dn_number >= 50 (groups of "
                             "positives and negatives for the most crowded image), else 2 * dn_number groups")
@@ -195,4 +191,5 @@ def build(args: argparse.Namespace, is_thing_map: dict[int, bool] | None = None)
 def param_groups(model: nn.Module, args: argparse.Namespace) -> list[dict]:
     """The official 'default' parameter dict: the backbone at --lr_backbone, the rest at --lr (no separate rate for
     the deformable attention's offset projections: DINO's default does not apply --lr_linear_proj_mult)."""
-    return build_param_groups(model, args.lr_backbone, args.lr_attn)
+    return build_param_groups(model, args.lr_backbone, args.lr_attn, weight_decay_norm=args.weight_decay_norm,
+                              weight_decay_bias=args.weight_decay_bias)

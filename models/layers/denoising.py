@@ -13,6 +13,10 @@ and denoising groups do not see each other; a denoising query sees its own group
 The random draws (label noise: one uniform per label, then new classes for the chosen ones; box noise: a random
 sign per coordinate, then a uniform per coordinate) follow the official implementation, in its order, so that the
 same torch seed gives the same noise.
+
+RT-DETR's variant (:func:`contrastive_denoising_group`, RT-DETRv2 and D-FINE) has the same layout and attention
+mask, but its own group count (``num_denoising // max_targets`` groups), padding (class ``num_classes``, whose
+embedding row is zero, and box (0, 0, 0, 0)), draw shapes and ``dn_meta``.
 """
 from dataclasses import dataclass
 
@@ -20,13 +24,15 @@ import torch
 from torch import Tensor, nn
 
 from models.layers.box_encoding import inverse_sigmoid
+from util.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 
 
 @dataclass
 class DenoisingQueries:
     """``content`` ``[B, P, D]`` (label embeddings) and ``anchors`` ``[B, P, 4]`` (boxes in logit space) of the
     P = ``pad_size`` denoising queries; ``attn_mask`` ``[P + Q, P + Q]`` (True: may not attend) over denoising then
-    Q matching queries; ``meta``: {"pad_size": P, "num_dn_group": groups} (the official ``dn_meta``)."""
+    Q matching queries; ``meta``: the official ``dn_meta`` (DINO: {"pad_size": P, "num_dn_group": groups}; RT-DETR:
+    see :func:`contrastive_denoising_group`)."""
 
     content: Tensor
     anchors: Tensor
@@ -145,4 +151,83 @@ def denoising_indices(targets: list[dict], dn_meta: dict) -> list[tuple[Tensor, 
         tgt_idx = torch.arange(n, device=device).repeat(groups)
         query_idx = (torch.arange(groups, device=device) * group_size).repeat_interleave(n) + tgt_idx
         indices.append((query_idx.long(), tgt_idx.long()))
+    return indices
+
+
+def contrastive_denoising_group(targets: list[dict], num_classes: int, num_queries: int, class_embed: nn.Embedding,
+                                num_denoising: int = 100, label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0
+                                ) -> DenoisingQueries | None:
+    """RT-DETR's denoising queries of a batch (official ``get_contrastive_denoising_training_group``); None when
+    ``num_denoising`` <= 0.
+
+    targets: per image ``labels`` ``[T_i]`` and ``boxes`` ``[T_i, 4]`` (normalised cxcywh); class_embed:
+    ``[num_classes + 1, D]`` embedding, row ``num_classes`` the padding (zero). With M = max T_i, the batch gets
+    G = max(1, num_denoising // M) groups of M positives then M negatives, P = 2 M G queries; a batch without
+    targets gets one group holding one never-positive dummy query (box (0.5, 0.5, 0.1, 0.1), the padding class),
+    so that every process of a distributed run computes the same graph. Label noise: each real label, positive or
+    negative, becomes a uniform class in [0, num_classes) with probability ``label_noise_ratio / 2``. Box noise:
+    each edge moves by ``u * box_noise_scale`` half box sizes in a random direction, u in [0, 1) for positives and
+    [1, 2) for negatives, then the box is clipped to the image (the official code fails with
+    ``box_noise_scale`` 0; here the boxes are then left as they are). The padding and the noise are float32, as
+    official, whatever the model's dtype.
+
+    Returns ``content`` ``[B, P, D]`` (class embeddings), ``anchors`` ``[B, P, 4]`` (boxes in logit space,
+    ``inverse_sigmoid`` eps 1e-5), ``attn_mask`` ``[P + Q, P + Q]`` (:func:`denoising_attention_mask`) and
+    ``meta`` = {"dn_positive_idx": per image the int64 indices of its real positives, group by group,
+    "dn_num_group": G, "dn_num_split": [P, num_queries]}.
+    """
+    if num_denoising <= 0:
+        return None
+    counts = [len(t["labels"]) for t in targets]
+    device = targets[0]["labels"].device
+    batch = len(targets)
+    empty_batch = max(counts) == 0
+    max_targets = 1 if empty_batch else max(counts)
+    num_groups = 1 if empty_batch else max(num_denoising // max_targets, 1)
+    labels = torch.full([batch, max_targets], num_classes, dtype=torch.int32, device=device)
+    boxes = torch.zeros([batch, max_targets, 4], device=device)
+    real = torch.zeros([batch, max_targets], dtype=torch.bool, device=device)
+    if empty_batch:
+        boxes[..., :2], boxes[..., 2:] = 0.5, 0.1
+    for image, (target, count) in enumerate(zip(targets, counts)):
+        labels[image, :count] = target["labels"]
+        boxes[image, :count] = target["boxes"]
+        real[image, :count] = True
+    # 2 G copies along the queries: copy 2g holds group g's positives, copy 2g + 1 its negatives
+    labels, real = labels.tile([1, 2 * num_groups]), real.tile([1, 2 * num_groups])
+    boxes = boxes.tile([1, 2 * num_groups, 1])
+    negative = (torch.arange(2 * max_targets * num_groups, device=device) // max_targets % 2 == 1)[None, :, None]
+    positive_slots = (torch.arange(num_groups, device=device) * 2 * max_targets)[:, None]
+    positive_idx = tuple((positive_slots + torch.arange(count, device=device)).flatten() for count in counts)
+    num_dn = 2 * max_targets * num_groups
+
+    if label_noise_ratio > 0:  # the official draws: one uniform per slot, then one class per slot
+        chosen = torch.rand(labels.shape, dtype=torch.float32, device=device) < label_noise_ratio * 0.5
+        new_labels = torch.randint(0, num_classes, labels.shape, dtype=labels.dtype, device=device)
+        labels = torch.where(chosen & real, new_labels, labels)
+    if box_noise_scale > 0:  # then one random sign and one uniform per coordinate
+        corners = box_cxcywh_to_xyxy(boxes)
+        half_sizes = torch.tile(boxes[..., 2:] * 0.5, [1, 1, 2]) * box_noise_scale
+        sign = torch.randint(0, 2, boxes.shape, dtype=boxes.dtype, device=device) * 2.0 - 1.0
+        part = torch.rand(boxes.shape, dtype=boxes.dtype, device=device)
+        part = torch.where(negative, part + 1.0, part)
+        corners = torch.clip(corners + sign * part * half_sizes, min=0.0, max=1.0)
+        boxes = box_xyxy_to_cxcywh(corners)
+    meta = {"dn_positive_idx": positive_idx, "dn_num_group": num_groups, "dn_num_split": [num_dn, num_queries]}
+    return DenoisingQueries(class_embed(labels), inverse_sigmoid(boxes),
+                            denoising_attention_mask(num_dn, num_groups, num_queries, device), meta)
+
+
+def contrastive_denoising_indices(dn_meta: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
+    """Per image (query indices, target indices) pairing RT-DETR's positive denoising queries (``dn_meta`` of
+    :func:`contrastive_denoising_group`) with the targets they noise: target j in slot j of every group."""
+    indices = []
+    for positive_idx, target in zip(dn_meta["dn_positive_idx"], targets):
+        count = len(target["labels"])
+        target_idx = torch.arange(count, dtype=torch.int64, device=target["labels"].device)
+        target_idx = target_idx.tile(dn_meta["dn_num_group"])
+        if len(positive_idx) != len(target_idx):
+            raise ValueError(f"contrastive_denoising_indices: {len(positive_idx)} positive queries for {count} "
+                             f"targets in {dn_meta['dn_num_group']} groups: dn_meta is not of these targets")
+        indices.append((positive_idx, target_idx))
     return indices

@@ -8,6 +8,10 @@ reference ``ms_deform_attn_core_pytorch``.
 
 Locations are normalised to [0, 1] of each (padded) feature map, (x, y) with (0, 0) the top-left corner of the
 top-left cell; a value's cell centre lies at ((j + 0.5) / W, (i + 0.5) / H) and points outside the map read zeros.
+
+:class:`MSDeformAttn` is Deformable DETR's (and DINO's) module; :class:`MSDeformableAttention` RT-DETRv2's (per-level
+point counts, offsets scaled by the reference box and the point count, optional discrete sampling). Both run on
+:func:`ms_deform_attn_core`.
 """
 import math
 
@@ -40,35 +44,85 @@ def sizes_tensor(sizes: list[tuple[int, int]], device: torch.device) -> Tensor:
                         for height, width in sizes])
 
 
-def ms_deform_attn_core(value: Tensor, spatial_shapes: SpatialShapes, level_start_index: Tensor,
-                        sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
-    """Weighted sum of bilinear samples of every level.
+SAMPLING_METHODS = ("default", "discrete")
+
+
+def ms_deform_attn_core(value: Tensor, spatial_shapes: SpatialShapes, level_start_index: Tensor | None,
+                        sampling_locations: Tensor, attention_weights: Tensor,
+                        points_per_level: list[int] | None = None, method: str = "default") -> Tensor:
+    """Weighted sum of the samples of every level.
 
     value: ``[B, S, heads, head_dim]``, the flattened levels one after the other (S = sum of H_l * W_l);
     spatial_shapes: ``[L, 2]`` int64 (H_l, W_l) (or a list of pairs); level_start_index: ``[L]``, where each level
-    starts in S (the CUDA kernel's argument; the levels being contiguous, their sizes alone locate them here);
-    sampling_locations: ``[B, Q, heads, L, P, 2]`` (x, y) in [0, 1] of each level (outside reads zeros);
-    attention_weights: ``[B, Q, heads, L, P]``.
-    Returns ``[B, Q, heads * head_dim]`` (heads major).
+    starts in S (the CUDA kernel's argument, unused: the levels being contiguous, their sizes alone locate them);
+    sampling_locations: ``[B, Q, heads, L, P, 2]`` (x, y) in [0, 1] of each level, or, with ``points_per_level``
+    (P_l points on level l, RT-DETRv2), ``[B, Q, heads, sum P_l, 2]`` the levels' points one level after the other;
+    attention_weights: ``[B, Q, heads, L, P]`` or ``[B, Q, heads, sum P_l]`` likewise.
+    method: ``default`` bilinear interpolation (outside the map reads zeros); ``discrete`` (RT-DETRv2) the value of
+    cell ``(floor(x W_l + 0.5), floor(y H_l + 0.5))`` clamped into the map (no gradient to the locations).
+    Returns ``[B, Q, heads * head_dim]`` (heads major), a transposed view of ``[B, heads * head_dim, Q]`` memory:
+    the official codes differ on whether the output projection gets it as it is (RT-DETRv2) or contiguous (Deformable
+    DETR), which changes that projection's rounding.
     """
+    if method not in SAMPLING_METHODS:
+        raise ValueError(f"ms_deform_attn_core: method must be one of {SAMPLING_METHODS}, got {method!r}")
     batch, _, heads, head_dim = value.shape
-    _, num_queries, _, levels, points, _ = sampling_locations.shape
+    num_queries = sampling_locations.shape[1]
+    if points_per_level is None:  # [B, Q, heads, L, P, ...] -> [B, Q, heads, L * P, ...]
+        levels, points = sampling_locations.shape[3:5]
+        points_per_level = [points] * levels
+        sampling_locations = sampling_locations.flatten(3, 4)
+        attention_weights = attention_weights.flatten(3, 4)
     sizes = level_sizes(spatial_shapes)
     value_list = value.split([height * width for height, width in sizes], dim=1)
-    grids = 2 * sampling_locations - 1  # grid_sample's [-1, 1] (align_corners=False: -1 is the map's left edge)
+    # grid_sample's [-1, 1] (align_corners=False: -1 is the map's left edge); discrete sampling reads [0, 1]
+    grids = 2 * sampling_locations - 1 if method == "default" else sampling_locations
+    # [B, Q, heads, sum P, 2] -> [B * heads, Q, sum P, 2] -> per level [B * heads, Q, P_l, 2]
+    level_grids = grids.transpose(1, 2).flatten(0, 1).split(points_per_level, dim=2)
     samples = []
     for level, (height, width) in enumerate(sizes):
         # [B, H*W, heads, head_dim] -> [B * heads, head_dim, H, W]
         level_value = value_list[level].flatten(2).transpose(1, 2).reshape(batch * heads, head_dim, height, width)
-        # [B, Q, heads, P, 2] -> [B * heads, Q, P, 2]
-        level_grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        # -> [B * heads, head_dim, Q, P]
-        samples.append(F.grid_sample(level_value, level_grid, mode="bilinear", padding_mode="zeros",
-                                     align_corners=False))
-    # [B, Q, heads, L, P] -> [B * heads, 1, Q, L * P]
-    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, num_queries, levels * points)
-    output = (torch.stack(samples, dim=-2).flatten(-2) * weights).sum(-1)
-    return output.view(batch, heads * head_dim, num_queries).transpose(1, 2).contiguous()
+        # -> [B * heads, head_dim, Q, P_l]
+        if method == "default":
+            samples.append(F.grid_sample(level_value, level_grids[level], mode="bilinear", padding_mode="zeros",
+                                         align_corners=False))
+        else:
+            samples.append(nearest_cell_samples(level_value, level_grids[level]))
+    # [B, Q, heads, sum P] -> [B * heads, 1, Q, sum P]
+    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, num_queries, sum(points_per_level))
+    output = (torch.cat(samples, dim=-1) * weights).sum(-1)
+    return output.view(batch, heads * head_dim, num_queries).transpose(1, 2)
+
+
+def nearest_cell_samples(level_value: Tensor, locations: Tensor) -> Tensor:
+    """RT-DETRv2's discrete sampling: ``level_value`` ``[N, C, H, W]`` read at cell (column, row) =
+    ``(floor(x W + 0.5), floor(y H + 0.5))`` of ``locations`` ``[N, Q, P, 2]`` (x, y) in [0, 1], clamped into the
+    map -> ``[N, C, Q, P]``.
+
+    The official code clamps both coordinates to ``H - 1``: the same on square maps (all its uses), out of range
+    on others; here the column is clamped to ``W - 1``.
+    """
+    n, channels, height, width = level_value.shape
+    _, num_queries, points, _ = locations.shape
+    scale = torch.tensor([width, height], device=locations.device)
+    cells = (locations * scale + 0.5).to(torch.int64)  # truncation: floor for the non-negative, clamped anyway
+    column = cells[..., 0].clamp(0, width - 1).reshape(n, num_queries * points)
+    row = cells[..., 1].clamp(0, height - 1).reshape(n, num_queries * points)
+    batch_index = torch.arange(n, device=level_value.device)[:, None].expand_as(row)
+    picked = level_value[batch_index, :, row, column]  # [N, Q * P, C]
+    return picked.transpose(1, 2).reshape(n, channels, num_queries, points)
+
+
+def _uniform_attention_and_xavier_projections(attention: nn.Module) -> None:
+    """The official initialisation of a deformable attention's other layers: zero attention-weight layer (uniform
+    weights over the points), xavier-uniform value and output projections with zero biases."""
+    nn.init.constant_(attention.attention_weights.weight, 0.0)
+    nn.init.constant_(attention.attention_weights.bias, 0.0)
+    nn.init.xavier_uniform_(attention.value_proj.weight)
+    nn.init.constant_(attention.value_proj.bias, 0.0)
+    nn.init.xavier_uniform_(attention.output_proj.weight)
+    nn.init.constant_(attention.output_proj.bias, 0.0)
 
 
 class MSDeformAttn(nn.Module):
@@ -104,12 +158,7 @@ class MSDeformAttn(nn.Module):
         grid = grid.expand(self.n_heads, self.n_levels, self.n_points, 2)
         with torch.no_grad():
             self.sampling_offsets.bias.copy_(grid.reshape(-1))
-        nn.init.constant_(self.attention_weights.weight, 0.0)
-        nn.init.constant_(self.attention_weights.bias, 0.0)
-        nn.init.xavier_uniform_(self.value_proj.weight)
-        nn.init.constant_(self.value_proj.bias, 0.0)
-        nn.init.xavier_uniform_(self.output_proj.weight)
-        nn.init.constant_(self.output_proj.bias, 0.0)
+        _uniform_attention_and_xavier_projections(self)
 
     def forward(self, query: Tensor, reference_points: Tensor, input_flatten: Tensor,
                 input_spatial_shapes: SpatialShapes, input_level_start_index: Tensor,
@@ -153,4 +202,102 @@ class MSDeformAttn(nn.Module):
             raise ValueError(f"MSDeformAttn: reference_points must end in 2 (points) or 4 (boxes), got "
                              f"{tuple(reference_points.shape)}")
         output = ms_deform_attn_core(value, input_spatial_shapes, input_level_start_index, locations, weights)
+        return self.output_proj(output.contiguous())  # contiguous as official: the same rounding
+
+
+class MSDeformableAttention(nn.Module):
+    """RT-DETRv2's multi-scale deformable attention (Lv et al., "RT-DETRv2", arXiv:2407.17140), with the official
+    parameter names, buffer and initialisation.
+
+    ``num_points``: points per head on every level, or a list of per-level counts P_l; the softmax of a head runs
+    over all its sum(P_l) points jointly. ``sampling_offsets`` (embed_dim -> heads * sum(P_l) * (x, y)),
+    ``attention_weights`` (-> heads * sum(P_l)), ``value_proj``, ``output_proj``; the persistent float32 buffer
+    ``num_points_scale`` ``[sum P_l]`` holds 1 / P_l per point. Boxes as references scale the offsets by
+    ``num_points_scale * size * offset_scale``. ``method``: ``default`` (bilinear) or ``discrete`` (nearest cell,
+    :func:`nearest_cell_samples`; ``sampling_offsets`` then stays frozen as its initial pattern, as official).
+    """
+
+    def __init__(self, embed_dim: int = 256, num_heads: int = 8, num_levels: int = 4, num_points: int | list[int] = 4,
+                 method: str = "default", offset_scale: float = 0.5):
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"MSDeformableAttention: embed_dim ({embed_dim}) must be divisible by num_heads "
+                             f"({num_heads})")
+        if method not in SAMPLING_METHODS:
+            raise ValueError(f"MSDeformableAttention: method must be one of {SAMPLING_METHODS}, got {method!r}")
+        num_points_list = list(num_points) if isinstance(num_points, (list, tuple)) else [num_points] * num_levels
+        if len(num_points_list) != num_levels:
+            raise ValueError(f"MSDeformableAttention: num_points {num_points_list} must give one count per level "
+                             f"({num_levels})")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.num_levels = num_levels
+        self.offset_scale = offset_scale
+        self.num_points_list = num_points_list
+        scale = [1 / n for n in num_points_list for _ in range(n)]
+        self.register_buffer("num_points_scale", torch.tensor(scale, dtype=torch.float32))
+        self.total_points = num_heads * sum(num_points_list)
+        self.method = method
+        self.head_dim = embed_dim // num_heads
+        self.sampling_offsets = nn.Linear(embed_dim, self.total_points * 2)
+        self.attention_weights = nn.Linear(embed_dim, self.total_points)
+        self.value_proj = nn.Linear(embed_dim, embed_dim)
+        self.output_proj = nn.Linear(embed_dim, embed_dim)
+        self._reset_parameters()
+        if method == "discrete":
+            self.sampling_offsets.requires_grad_(False)
+
+    def _reset_parameters(self) -> None:
+        """Offsets start as a fixed pattern: head h points in direction 2*pi*h/num_heads (scaled so that its larger
+        coordinate is 1), the p-th point of a level (p = 1..P_l) at p times that step; attention is uniform."""
+        nn.init.constant_(self.sampling_offsets.weight, 0.0)
+        angles = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        directions = torch.stack([angles.cos(), angles.sin()], -1)
+        directions = directions / directions.abs().max(-1, keepdim=True).values
+        steps = torch.cat([torch.arange(1, n + 1) for n in self.num_points_list])  # [sum P]
+        grid = directions[:, None, :] * steps[None, :, None]  # [heads, sum P, 2]
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.flatten())
+        _uniform_attention_and_xavier_projections(self)
+
+    def forward(self, query: Tensor, reference_points: Tensor, value: Tensor, value_spatial_shapes: SpatialShapes,
+                value_mask: Tensor | None = None) -> Tensor:
+        """query: ``[B, Q, C]``; reference_points: ``[B, Q, 1 or L, 2]`` points (x, y) in [0, 1] (offsets in cells
+        of each level) or ``[B, Q, 1 or L, 4]`` boxes (cx, cy, w, h), one for all levels or one per level;
+        value: ``[B, S, C]`` the levels flattened one after the other; value_spatial_shapes: (H_l, W_l) pairs (a
+        list, or an ``[L, 2]`` int64 tensor); value_mask: ``[B, S]``, True (or 1) on the values to keep (the others
+        are zeroed). Returns ``[B, Q, C]``.
+        """
+        batch, num_queries = query.shape[:2]
+        num_values = value.shape[1]
+        total = sum(self.num_points_list)
+        value = self.value_proj(value)
+        if value_mask is not None:
+            value = value * value_mask.to(value.dtype).unsqueeze(-1)
+        value = value.reshape(batch, num_values, self.num_heads, self.head_dim)
+        offsets = self.sampling_offsets(query).reshape(batch, num_queries, self.num_heads, total, 2)
+        weights = self.attention_weights(query).reshape(batch, num_queries, self.num_heads, total)
+        weights = F.softmax(weights, dim=-1)
+        if reference_points.shape[2] not in (1, self.num_levels):
+            raise ValueError(f"MSDeformableAttention: reference_points [B, Q, levels, 2 or 4] need 1 or "
+                             f"{self.num_levels} levels, got {tuple(reference_points.shape)}")
+        if reference_points.shape[2] > 1:  # one reference per level -> one per point: [B, Q, sum P, 2 or 4]
+            counts = torch.tensor(self.num_points_list, device=reference_points.device)
+            reference_points = reference_points.repeat_interleave(counts, dim=2, output_size=total)
+        reference_points = reference_points[:, :, None]  # [B, Q, 1, 1 or sum P, 2 or 4], broadcast over heads
+        if reference_points.shape[-1] == 2:
+            sizes = level_sizes(value_spatial_shapes)
+            cells = torch.tensor([[w, h] for h, w in sizes], dtype=query.dtype, device=query.device)
+            counts = torch.tensor(self.num_points_list, device=query.device)
+            cells = cells.repeat_interleave(counts, dim=0, output_size=total)  # [sum P, 2]: (W_l, H_l) per point
+            locations = reference_points + offsets / cells
+        elif reference_points.shape[-1] == 4:
+            num_points_scale = self.num_points_scale.to(dtype=query.dtype).unsqueeze(-1)
+            offset = offsets * num_points_scale * reference_points[..., 2:] * self.offset_scale
+            locations = reference_points[..., :2] + offset
+        else:
+            raise ValueError(f"MSDeformableAttention: reference_points must end in 2 (points) or 4 (boxes), got "
+                             f"{tuple(reference_points.shape)}")
+        output = ms_deform_attn_core(value, value_spatial_shapes, None, locations, weights,
+                                     points_per_level=self.num_points_list, method=self.method)
         return self.output_proj(output)
