@@ -1,6 +1,8 @@
 """One training epoch, one evaluation pass, and what happens at the end of an epoch (evaluation when due, the saved
-COCOeval state, the log line); ``main.py`` wires them to data, model and optimiser."""
+COCOeval state, the per-class table, confusion matrix and detections, the log line); ``main.py`` wires them to data,
+model and optimiser."""
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -14,8 +16,12 @@ from torch import nn
 from datasets.bad_images import SkippedImages, split_batch
 from evaluation.coco_eval import CocoEvaluator, results_to_cpu
 from evaluation.panoptic_eval import PanopticEvaluator, format_pq_table
+from evaluation.per_class import evaluator_per_class, format_per_class_table
+from evaluation.report import EvaluationReport
+from evaluation.saved_detections import FILE_NAME as DETECTIONS_FILE
 from models.postprocess import detections
 from util.amp import Precision
+from util.best_checkpoint import BestCheckpoint
 from util.checkpoint import preserved_rng_state, save_checkpoint
 from util.distributed import broadcast_object, is_main_process, reduce_dict
 from util.loss_log import DeferredLosses
@@ -31,7 +37,8 @@ PROGRESS_METERS = ("lr", "loss", "loss_ce", "loss_vfl", "loss_bbox", "loss_giou"
 def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, max_norm: float = 0, print_freq: int = 10, *,
                     stop_check: Callable[[str], None] | None = None, skipped: SkippedImages | None = None,
-                    step: TrainStep | None = None, read_every_step: bool = False, monitor=None) -> dict:
+                    step: TrainStep | None = None, read_every_step: bool = False, monitor=None,
+                    accumulate_steps: int = 1) -> dict:
     """Train for one pass over ``data_loader``; returns the epoch averages of every logged value and ``epoch_time``
     (seconds this process spent in the epoch, data loading included).
 
@@ -44,6 +51,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     step whose batch lost every image is skipped. ``grad_norm`` (the gradient norm before clipping) is averaged over
     the steps like the loss terms, read from the device once at the end. ``monitor`` (``--tensorboard``:
     util/tensorboard_log.py, main process only) gets every step's loss terms, gradient norm and learning rates.
+    ``accumulate_steps`` N: one optimiser step on the gradients of N consecutive batches (``TrainStep.accumulated``;
+    the epoch's last step takes what is left), logged as one step.
     """
     model.train()
     criterion.train()
@@ -56,6 +65,9 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     last = len(data_loader) - 1
     grad_norms = []
     start = time.perf_counter()
+    accumulate = max(1, accumulate_steps)
+    steps_per_epoch = math.ceil(len(data_loader) / accumulate)
+    pending = []
     for it, batch in enumerate(metric_logger.log_every(data_loader, print_freq, header)):
         if stop_check is not None:
             stop_check(f"during epoch {epoch} (before its iteration {it}; the epoch is abandoned)")
@@ -66,15 +78,16 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                 continue
         samples = samples.to(device, non_blocking=True)
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-        result = step(samples, targets, epoch * len(data_loader) + it)
+        pending.append((samples, targets))
+        if len(pending) < accumulate and it != last:  # --accumulate_steps: gradients of several batches, one step
+            continue
         shown = it % print_freq == 0 or it == last  # log_every prints a progress line after this iteration
-        loss_log.add(it, result.loss_dict, optimizer.param_groups[0]["lr"], metric_logger,
-                     read_now=result.read_now or shown)
-        if result.grad_norm is not None:
-            grad_norms.append(result.grad_norm.detach().reshape(()))
-        if monitor is not None:
-            monitor.training_step(epoch, it, len(data_loader), result.loss_dict, criterion.weight_dict,
-                                  result.grad_norm, optimizer)
+        _optimise(step, pending, epoch * steps_per_epoch + it // accumulate, it, shown, loss_log, metric_logger,
+                  grad_norms, monitor, epoch, len(data_loader))
+        pending = []
+    if pending:  # the epoch's last batches were skipped (unreadable images): train on what came before them
+        _optimise(step, pending, epoch * steps_per_epoch + last // accumulate, last, True, loss_log, metric_logger,
+                  grad_norms, monitor, epoch, len(data_loader))
     loss_log.flush(metric_logger)
     for value in torch.stack(grad_norms).tolist() if grad_norms else []:
         metric_logger.update(grad_norm=value)
@@ -85,6 +98,19 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     if skipped is not None:
         stats["skipped_images"] = skipped.report(f"epoch {epoch}")
     return stats
+
+
+def _optimise(step: TrainStep, batches: list, step_index: int, it: int, shown: bool, loss_log: DeferredLosses,
+              metric_logger: MetricLogger, grad_norms: list, monitor, epoch: int, iterations: int) -> None:
+    """One optimiser step on ``batches`` and its log entries (iteration ``it``)."""
+    result = step.accumulated(batches, step_index)
+    loss_log.add(it, result.loss_dict, step.optimizer.param_groups[0]["lr"], metric_logger,
+                 read_now=result.read_now or shown)
+    if result.grad_norm is not None:
+        grad_norms.append(result.grad_norm.detach().reshape(()))
+    if monitor is not None:
+        monitor.training_step(epoch, it, iterations, result.loss_dict, step.criterion.weight_dict, result.grad_norm,
+                              step.optimizer)
 
 
 def single_images(samples: NestedTensor, targets: list[dict]) -> list[NestedTensor]:
@@ -109,7 +135,8 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
     ``panoptic`` (evaluated by ``panoptic_evaluator``, a fresh evaluation.panoptic_eval.PanopticEvaluator).
     Returns (averaged stats with ``coco_eval_bbox`` (and ``coco_eval_masks``): the 12 COCO numbers, and with a
     panoptic evaluator ``PQ_all``, ``PQ_th``, ``PQ_st`` (dicts of pq, sq, rq in [0, 1] and n); the CocoEvaluator,
-    whose COCOeval has run on the main process only).
+    whose COCOeval has run on the main process only). The main process prints COCO's table and the per-class box
+    table (evaluation/per_class.py).
 
     By default a batch is padded to its largest image, as in the official code; the backbone's convolutions see that
     padding at the image borders, so the numbers change with the batch size when image sizes differ.
@@ -165,6 +192,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
         print(f"COCO evaluation of {len(coco_evaluator.img_ids)} images, {num_detections} detections", flush=True)
         coco_evaluator.accumulate()
         coco_evaluator.summarize()
+        print(format_per_class_table(evaluator_per_class(coco_evaluator, "bbox")), flush=True)
         coco_stats = {f"coco_eval_{STATS_NAMES[t]}": coco_evaluator.coco_eval[t].stats.tolist() for t in iou_types}
     if panoptic_evaluator is not None:
         panoptic_evaluator.synchronize_between_processes()
@@ -201,23 +229,36 @@ class Evaluation:
 
     ``panoptic_ground_truth`` is (annotation file, PNG folder) of the val set; predicted PNGs go to
     ``OUTPUT_DIR/panoptic_eval``, or without an output folder to a temporary one that all processes share and that
-    is removed afterwards.
+    is removed afterwards. After each call, ``report`` (main process; None elsewhere) holds the per-class numbers,
+    the confusion matrix at ``confusion_threshold`` (``--confusion_threshold``) and the boxes behind them
+    (evaluation/report.py), also written to ``OUTPUT_DIR/eval/`` (per_class.csv, confusion_matrix.csv and .png,
+    detections.pth).
     """
 
     def __init__(self, model: nn.Module, criterion: nn.Module, postprocessors: dict, data_loader: Iterable,
                  coco_ground_truth, device: torch.device, print_freq: int, output_dir: Path | None,
                  panoptic_ground_truth: tuple[Path, Path] | None = None, *, batch_invariant: bool = False,
                  skipped: SkippedImages | None = None, eval_backend: str = "pycocotools",
-                 precision: Precision | None = None):
+                 precision: Precision | None = None, confusion_threshold: float = 0.5):
         self.model, self.criterion, self.postprocessors = model, criterion, postprocessors
         self.data_loader, self.coco_ground_truth, self.device = data_loader, coco_ground_truth, device
         self.print_freq, self.output_dir, self.panoptic_ground_truth = print_freq, output_dir, panoptic_ground_truth
         self.batch_invariant, self.skipped, self.eval_backend = batch_invariant, skipped, eval_backend
-        self.precision = precision
+        self.precision, self.confusion_threshold = precision, confusion_threshold
+        self.report: EvaluationReport | None = None
         self.stop_check: Callable[[str], None] | None = None  # set while a training run can be stopped
 
     def __call__(self) -> tuple[dict, CocoEvaluator]:
         """(stats, CocoEvaluator) as :func:`evaluate` returns them."""
+        stats, coco_evaluator = self._evaluate()
+        self.report = None
+        if is_main_process():
+            self.report = EvaluationReport.from_evaluator(coco_evaluator, self.confusion_threshold)
+            if self.output_dir is not None:
+                self.report.write(self.output_dir / "eval")
+        return stats, coco_evaluator
+
+    def _evaluate(self) -> tuple[dict, CocoEvaluator]:
         options = dict(batch_invariant=self.batch_invariant, stop_check=self.stop_check, skipped=self.skipped,
                        eval_backend=self.eval_backend, precision=self.precision)
         if "panoptic" not in self.postprocessors:
@@ -236,15 +277,19 @@ class Evaluation:
 
 
 def finish_epoch(epoch: int, train_stats: dict, evaluation: Evaluation | None, output_dir: Path | None,
-                 n_parameters: int, ema_evaluation: Evaluation | None = None, monitor=None) -> dict:
+                 n_parameters: int, ema_evaluation: Evaluation | None = None, monitor=None,
+                 best: BestCheckpoint | None = None) -> dict:
     """After an epoch's checkpoint: run ``evaluation`` (None when not due), keep its COCOeval state in
-    ``eval/latest.pth`` (and ``eval/NNN.pth`` every 50 epochs), append the epoch's line to ``log.txt``.
+    ``eval/latest.pth`` (and ``eval/NNN.pth`` every 50 epochs, with its detections as ``eval/NNN_detections.pth``;
+    the evaluation itself writes ``eval/detections.pth``, the per-class table and the confusion matrix), append the
+    epoch's line to ``log.txt``.
     ``ema_evaluation`` (``--ema``) evaluates the moving average too; its numbers are logged as ``test_ema_*``.
 
     Evaluation leaves the RNGs as it found them (its loader and transforms draw from them), so a run resumed from
     this epoch's checkpoint trains exactly as the uninterrupted one. Returns the evaluation's stats or {}.
     ``monitor`` (``--tensorboard``, main process only) gets the epoch's log line and, after an evaluation, draws
-    validation images with it.
+    validation images with it and takes its per-class AP and confusion matrix (``evaluation.report``).
+    ``best`` (util/best_checkpoint.py) takes the evaluation's AP (log.txt's lines stay as they were).
     """
     log_stats = {f"train_{k}": v for k, v in train_stats.items()}
     test_stats = {}
@@ -258,6 +303,11 @@ def finish_epoch(epoch: int, train_stats: dict, evaluation: Evaluation | None, o
             (output_dir / "eval").mkdir(exist_ok=True)
             for name in ["latest.pth"] + ([f"{epoch:03}.pth"] if epoch % 50 == 0 else []):
                 save_checkpoint(coco_evaluator.saved_state("bbox"), output_dir / "eval" / name)
+            if epoch % 50 == 0 and evaluation.report is not None:
+                save_checkpoint(evaluation.report.saved.state(), output_dir / "eval" / f"{epoch:03}_{DETECTIONS_FILE}")
+    if best is not None and evaluation is not None and is_main_process():
+        if best.update(epoch, log_stats):
+            print(f"best so far: {best.metric}[0] = {best.value:.4f} (epoch {epoch})", flush=True)
     log_stats.update({"epoch": epoch, "n_parameters": n_parameters})
     if output_dir is not None and is_main_process():
         with (output_dir / "log.txt").open("a") as f:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import cli
-from datasets import RunData, build_run_data
+from datasets import RunData, build_run_data, check_data_folder
 from datasets.bad_images import SkippedImages
 from datasets.coco import IMAGE_NORMALIZATION
 from datasets.loaders import Loaders, build_loaders
@@ -25,6 +25,7 @@ from models.attention_weights import set_need_weights
 from models.frozen_norm_folding import fold_frozen_batchnorm
 from util import training_state
 from util.amp import Precision
+from util.best_checkpoint import BEST_NAME, BestCheckpoint, keep_best
 from util.checkpoint import remove_stale_temporaries, save_checkpoint
 from util.compile import compile_model
 from util.config import dump_config, is_plain
@@ -75,8 +76,7 @@ def prepare(args: argparse.Namespace) -> Session:
     the resolved flags to ``OUTPUT_DIR/config.yaml`` and load any starting weights."""
     cli.check_args(args)
     args = cli.resolve_data_pipeline(args)
-    if not args.coco_path:
-        raise ValueError("--coco_path is required: a folder with train2017/, val2017/ and annotations/")
+    check_data_folder(args)
     process = init_distributed(args.device, args.dist_url)
     print(f"git: {git_sha()}", flush=True)
     _seed(args.seed + process.rank)
@@ -112,6 +112,7 @@ def prepare(args: argparse.Namespace) -> Session:
                             persistent_workers=not args.official_paths,
                             aspect_ratio_grouping=args.aspect_ratio_grouping)
     evaluation_options = dict(batch_invariant=args.eval_batch_invariant, eval_backend=args.eval_backend,
+                              confusion_threshold=args.confusion_threshold,
                               precision=precision,
                               skipped=SkippedImages(device) if args.skip_bad_images else None)
     evaluation = Evaluation(model, criterion, postprocessors, loaders.val, data.coco_ground_truth, device,
@@ -156,7 +157,10 @@ def evaluate_only(s: Session) -> dict:
                               run_flags=_model_flags(s.args), ema=s.ema)
     test_stats, coco_evaluator = s.evaluation()
     if s.output_dir is not None and is_main_process():
-        save_checkpoint(coco_evaluator.saved_state("bbox"), s.output_dir / "eval.pth")
+        state = coco_evaluator.saved_state("bbox")
+        save_checkpoint(state, s.output_dir / "eval.pth")
+        (s.output_dir / "eval").mkdir(exist_ok=True)  # where a training run keeps it too (tools.analysis.errors)
+        save_checkpoint(state, s.output_dir / "eval" / "latest.pth")
     _print_summary(test_stats, s.output_dir)
     if s.ema_evaluation is not None and s.ema.updates > 0:  # --ema with an average in the file: its numbers too
         ema_stats, _ = s.ema_evaluation()
@@ -219,7 +223,9 @@ def _resume_advice(stopped: str, output_dir: Path | None, saved_epoch: int | Non
 
 def _train(s: Session, signals: StopSignals, progress: dict) -> dict:
     args, output_dir = s.args, s.output_dir
-    start_epoch, test_stats = _resume_training(s)
+    metric = "test_ema_coco_eval_bbox" if s.ema_evaluation is not None else "test_coco_eval_bbox"
+    best = BestCheckpoint.from_log(metric, output_dir if args.resume else None)
+    start_epoch, test_stats = _resume_training(s, best)
     stop_check = signals.check if signals.active else None
     for evaluation in (s.evaluation, s.ema_evaluation):
         if evaluation is not None:
@@ -255,7 +261,13 @@ def _train(s: Session, signals: StopSignals, progress: dict) -> dict:
             stop_check(f"after epoch {epoch} was saved")
         due = _evaluation_due(epoch, args)
         test_stats = finish_epoch(epoch, train_stats, s.evaluation if due else None, output_dir, s.n_parameters,
-                                  s.ema_evaluation if due else None, monitor=s.tensorboard) or test_stats
+                                  s.ema_evaluation if due else None, monitor=s.tensorboard, best=best) or test_stats
+        if due and best.epoch == epoch and output_dir is not None and is_main_process():
+            keep_best(output_dir, output_dir / training_state.CHECKPOINT_NAME, best)
+        if due and args.early_stop and best.evaluations_since_best >= args.early_stop:
+            print(f"early stop after epoch {epoch}: {args.early_stop} evaluations without a better {best.metric}[0] "
+                  f"than {best.value:.4f} (epoch {best.epoch}, kept in {BEST_NAME})", flush=True)
+            break
     print(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}", flush=True)
     _print_summary(test_stats, output_dir)
     return test_stats
@@ -271,10 +283,11 @@ def _train_epoch(s: Session, epoch: int, stop_check, skipped: SkippedImages | No
                                               keep=(NonFiniteLossError,)):
         return train_one_epoch(s.model, s.criterion, s.loaders.train, s.optimizer, torch.device(args.device), epoch,
                                args.clip_max_norm, args.print_freq, stop_check=stop_check, skipped=skipped,
-                               step=step, read_every_step=args.official_paths, monitor=s.tensorboard)
+                               step=step, read_every_step=args.official_paths, monitor=s.tensorboard,
+                               accumulate_steps=args.accumulate_steps)
 
 
-def _resume_training(s: Session) -> tuple[int, dict]:
+def _resume_training(s: Session, best: BestCheckpoint) -> tuple[int, dict]:
     """(first epoch to train, stats of an evaluation finished here): from ``--resume`` (optimiser, schedule, epoch
     and RNG states too), else ``--start_epoch``."""
     if not s.args.resume:
@@ -291,7 +304,9 @@ def _resume_training(s: Session) -> tuple[int, dict]:
         # finish that epoch's evaluation and log line first.
         due = _evaluation_due(point.saved_epoch, s.args)
         test_stats = finish_epoch(point.saved_epoch, point.train_stats, s.evaluation if due else None, s.output_dir,
-                                  s.n_parameters, s.ema_evaluation if due else None, monitor=s.tensorboard)
+                                  s.n_parameters, s.ema_evaluation if due else None, monitor=s.tensorboard, best=best)
+        if due and best.epoch == point.saved_epoch and is_main_process():
+            keep_best(s.output_dir, s.output_dir / training_state.CHECKPOINT_NAME, best)
     return point.start_epoch, test_stats
 
 
@@ -341,8 +356,10 @@ def _seed(seed: int) -> None:
 
 
 def _extra_state(s: Session) -> dict:
-    """Checkpoint entries beyond the model and optimiser: the EMA (``--ema``) and the fp16 gradient scaler."""
+    """Checkpoint entries beyond the model and optimiser: the dataset's category names (id -> name, for the tools),
+    the EMA (``--ema``) and the fp16 gradient scaler."""
     extra = s.ema.state() if s.ema is not None else {}
+    extra["category_names"] = {str(k): str(c.get("name", k)) for k, c in s.data.coco_ground_truth.cats.items()}
     if s.precision is not None and s.precision.scaler is not None:
         extra["scaler"] = s.precision.scaler.state_dict()
     return extra

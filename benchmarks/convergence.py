@@ -2,7 +2,7 @@
 seeds, on the same data.
 
 Usage: python -m benchmarks.convergence --presets configs/demo_cpu.yaml configs/demo_cpu_deformable.yaml \\
-           [--seeds 42 43] [--data data/synthetic] [--out outputs/convergence] [--speed_rounds 5]
+           [--seeds 42 43] [--data data/synthetic] [--out outputs/convergence] [--speed_rounds 5] [--reuse_recorded]
 
 For each preset and seed, trains with evaluation after every epoch (``--eval_every 1``) into
 ``OUT/<preset>_seed<seed>`` (an interrupted run resumes from its checkpoint; a finished one is read back). Then,
@@ -11,6 +11,9 @@ step on random images of the preset's size, as benchmarks/benchmark.py) in ``--s
 the presets, and takes the median, so that minutes compare presets at equal load. Writes ``convergence.json``
 beside this file, a table between the convergence markers of benchmarks/RESULTS.md and
 ``benchmarks/convergence.png`` (AP against iterations and against minutes, mean over seeds with the spread shaded).
+``--reuse_recorded``: a preset already in convergence.json with the same seeds keeps its recorded AP by epoch (no
+training; its run folders may be gone), and its minutes are recomputed from this run's speed measurement, taken with
+the others.
 """
 import argparse
 import json
@@ -70,6 +73,21 @@ def training_speed(presets: list[str], rounds: int) -> dict[str, float]:
             args = preset_args(preset, ["--device", "cpu"])
             samples[preset].append(measure(args, iters=10, warmup=2)["train_it_per_s"])
     return {p: statistics.median(v) for p, v in samples.items()}
+
+
+def recorded_summary(preset: str, seeds: list[int]) -> dict | None:
+    """The summary convergence.json holds for ``preset`` with as many seeds, else None."""
+    record = HERE / "convergence.json"
+    if not record.is_file():
+        return None
+    return next((s for s in json.loads(record.read_text()) if s["preset"] == preset and s["seeds"] == len(seeds)),
+                None)
+
+
+def with_speed(summary: dict, its_per_s: float) -> dict:
+    """``summary`` with its minutes recomputed at ``its_per_s``."""
+    epochs = [{**row, "minutes": row["iterations"] / its_per_s / 60} for row in summary["epochs"]]
+    return {**summary, "its_per_s": its_per_s, "epochs": epochs}
 
 
 def summarise(preset: str, logs: list[list[dict]], iters_per_epoch: int, its_per_s: float) -> dict:
@@ -149,11 +167,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", default="outputs/convergence")
     parser.add_argument("--speed_rounds", type=int, default=5)
     parser.add_argument("--no_write", action="store_true", help="print the table; leave RESULTS.md and the plot")
+    parser.add_argument("--reuse_recorded", action="store_true",
+                        help="keep the recorded AP of presets already in convergence.json (no training); re-time them")
     options = parser.parse_args(argv)
     data = generate(Path(options.data), num_train=2000, num_val=200, image_size=128, seed=0)
-    logs = {p: train_runs(p, options.seeds, data, Path(options.out)) for p in options.presets}
+    recorded = {p: recorded_summary(p, options.seeds) for p in options.presets} if options.reuse_recorded else {}
+    logs = {p: train_runs(p, options.seeds, data, Path(options.out)) for p in options.presets
+            if recorded.get(p) is None}
     speeds = training_speed(options.presets, options.speed_rounds)
-    summaries = [summarise(p, logs[p], iterations_per_epoch(p, data), speeds[p]) for p in options.presets]
+    summaries = [with_speed(recorded[p], speeds[p]) if recorded.get(p) is not None
+                 else summarise(p, logs[p], iterations_per_epoch(p, data), speeds[p]) for p in options.presets]
     target = summaries[0]["epochs"][-1]["ap"]
     text = table(summaries, target, hardware(torch.device("cpu")))
     print(text)

@@ -8,13 +8,18 @@ from datasets.rtdetr_transforms import OFFICIAL_MULTISCALE_SIZES
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset_file", default="coco", help=f"dataset format: {', '.join(DATASET_CHOICES)}")
+    group.add_argument("--dataset_file", default="coco",
+                       help=f"dataset layout: {', '.join(DATASET_CHOICES)} (yolo: data.yaml, images/{{train,val}}/, "
+                            "labels/{train,val}/; voc: JPEGImages/, Annotations/, ImageSets/Main/{train,val}.txt)")
     group.add_argument("--coco_path", type=str, help="folder with train2017/, val2017/ and annotations/")
+    group.add_argument("--data_path", type=str,
+                       help="the dataset folder of --dataset_file yolo or voc (or coco, in place of --coco_path)")
     group.add_argument("--coco_panoptic_path", type=str,
                        help="folder with annotations/panoptic_{train,val}2017.json and the panoptic PNG folders")
     group.add_argument("--remove_difficult", action="store_true",
                        help="leave annotations marked 'difficult' (VOC-style datasets) out of training and out of "
-                            "evaluation (neither found nor missed, as VOC's evaluation)")
+                            "evaluation (neither found nor missed, as VOC's evaluation); --dataset_file voc always "
+                            "does")
     group.add_argument("--data_pipeline", default=None, choices=DATA_PIPELINES,
                        help="augmentation and batching: detr (DETR's recipe, ImageNet-normalised images) or rtdetr "
                             "(RT-DETR's: photometric distortion, zoom-out, IoU crop, flip, square --image_size, "
@@ -62,6 +67,7 @@ def check(args: argparse.Namespace) -> None:
     too_small = [size for size in args.multiscale_sizes or () if size < 1]
     if too_small:
         raise ValueError(f"--multiscale_sizes must be at least 1 pixel each, got {too_small[0]}")
+    _check_folders(args)
     if args.dataset_file == "coco_panoptic":
         for flag, used in (("--data_pipeline rtdetr", args.data_pipeline == "rtdetr"),
                            ("--remap_mscoco_category", args.remap_mscoco_category)):
@@ -73,3 +79,22 @@ def check(args: argparse.Namespace) -> None:
 def check_pipeline(args: argparse.Namespace, pipeline: str) -> None:
     """The data flags that go with the run's pipeline (the flag's, or the architecture's own)."""
     check_pipeline_flags(pipeline, args)
+
+
+def _check_folders(args: argparse.Namespace) -> None:
+    """The folder flags that go with ``--dataset_file``: ``--data_path`` names the folder of every layout but the
+    panoptic one, ``--coco_path`` the COCO ones only; yolo and voc have boxes only."""
+    data_path, coco_path = getattr(args, "data_path", None), args.coco_path
+    if args.dataset_file == "coco" and data_path and coco_path:
+        raise ValueError(f"--coco_path {coco_path} and --data_path {data_path} both name the dataset folder; give "
+                         f"one of them")
+    if args.dataset_file == "coco_panoptic" and data_path:
+        raise ValueError("--data_path is not read by --dataset_file coco_panoptic; give --coco_path (images) and "
+                         "--coco_panoptic_path (panoptic annotations)")
+    if args.dataset_file in ("yolo", "voc"):
+        for flag, value in (("--coco_path", coco_path), ("--coco_panoptic_path", args.coco_panoptic_path)):
+            if value:
+                raise ValueError(f"{flag} is read by --dataset_file coco and coco_panoptic only; give the "
+                                 f"{args.dataset_file} folder as --data_path")
+        if getattr(args, "masks", False):
+            raise ValueError(f"--masks needs instance masks; --dataset_file {args.dataset_file} has boxes only")

@@ -12,8 +12,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--eval_batch_invariant", action="store_true",
                        help="evaluate image by image, so that the numbers do not depend on --batch_size (by default "
                             "images are padded to a common size per batch, as the official code does)")
+    group.add_argument("--confusion_threshold", default=0.5, type=float,
+                       help="score from which a detection counts in the confusion matrix of each evaluation "
+                            "(OUTPUT_DIR/eval/confusion_matrix.csv and .png; in [0, 1])")
 
 
 def check(args: argparse.Namespace) -> None:
     if args.eval_every < 1:
         raise ValueError(f"--eval_every must be at least 1, got {args.eval_every}")
+    if not 0.0 <= args.confusion_threshold <= 1.0:
+        raise ValueError(f"--confusion_threshold must be in [0, 1] (a detection score), got {args.confusion_threshold}")

@@ -9,6 +9,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lr", default=1e-4, type=float)
     group.add_argument("--lr_backbone", default=1e-5, type=float)
     group.add_argument("--batch_size", default=2, type=int)
+    group.add_argument("--accumulate_steps", default=1, type=int,
+                       help="one optimiser step on the gradients of N batches, normalised as one batch N times larger "
+                            "(the losses' box counts over all N; with frozen BatchNorm the same step)")
     group.add_argument("--weight_decay", default=1e-4, type=float)
     group.add_argument("--weight_decay_norm", default=None, type=float,
                        help="weight decay of the normalisation layers' parameters (default: --weight_decay)")
@@ -34,6 +37,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--finetune_from", default="",
                        help="initialise from a checkpoint, skipping entries whose shapes differ")
     group.add_argument("--start_epoch", default=0, type=int, metavar="N", help="start epoch")
+    group.add_argument("--early_stop", default=0, type=int, metavar="N",
+                       help="stop after N evaluations without a better validation AP (the EMA's with --ema) than "
+                            "the best, which checkpoint_best.pth keeps (0: never)")
     group.add_argument("--print_freq", default=10, type=int, help="iterations between progress lines")
     group.add_argument("--tensorboard", action="store_true",
                        help="also log losses, learning rates, gradient norm, speed, COCO AP/AR and validation "
@@ -76,13 +82,15 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError("--tensorboard writes its event files under OUTPUT_DIR/tensorboard: give --output_dir")
     if args.resume and args.finetune_from:
         raise ValueError("--resume and --finetune_from are exclusive: resume continues a run, finetune starts one")
-    for flag in ("batch_size", "epochs", "lr_drop", "print_freq"):
+    for flag in ("batch_size", "epochs", "lr_drop", "print_freq", "accumulate_steps"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if args.ema is not None and not 0.0 < args.ema < 1.0:
         raise ValueError(f"--ema must be a decay between 0 and 1 (e.g. 0.9998), got {args.ema}")
     if args.ema_warmups is not None and (args.ema is None or args.ema_warmups < 1):
         raise ValueError(f"--ema_warmups must be at least 1 and goes with --ema, got {args.ema_warmups}")
+    if args.early_stop < 0:
+        raise ValueError(f"--early_stop must be 0 (never) or a number of evaluations, got {args.early_stop}")
     if args.warmup_iters < 0:
         raise ValueError(f"--warmup_iters must be 0 or more, got {args.warmup_iters}")
     for flag in ("weight_decay_norm", "weight_decay_bias"):

@@ -1,7 +1,10 @@
 """Datasets: ``build_dataset(image_set, args)`` picks one by ``args.dataset_file``.
 
-``tools.data.synthetic`` writes a small COCO-layout dataset of shapes that every dataset builder here can read
-(``--panoptic`` adds the COCO panoptic files that ``coco_panoptic`` reads).
+``coco`` (``datasets.coco``) and ``coco_panoptic`` read the COCO layouts; ``yolo`` (``datasets.yolo``) and ``voc``
+(``datasets.voc``) read the Ultralytics and Pascal VOC layouts as COCO ground truth in memory and then go through
+``datasets.coco``'s dataset class (``datasets.layouts``). ``tools.data.synthetic`` writes a small COCO-layout dataset
+of shapes that every dataset builder here can read (``--panoptic`` adds the COCO panoptic files that
+``coco_panoptic`` reads; ``--layout yolo|voc`` writes it in those layouts).
 """
 import argparse
 from dataclasses import dataclass
@@ -10,7 +13,7 @@ from pathlib import Path
 import torch.utils.data
 from pycocotools.coco import COCO
 
-DATASET_CHOICES = ("coco", "coco_panoptic")
+DATASET_CHOICES = ("coco", "coco_panoptic", "yolo", "voc")
 
 
 def get_coco_api_from_dataset(dataset) -> COCO:
@@ -24,6 +27,22 @@ def get_coco_api_from_dataset(dataset) -> COCO:
     return coco
 
 
+def check_data_folder(args: argparse.Namespace) -> Path:
+    """The dataset folder the flags name for ``args.dataset_file``, checked before anything is built: ``--coco_path``
+    (or ``--data_path``) for coco, ``--coco_path`` for coco_panoptic, ``--data_path`` for yolo and voc; a missing
+    flag is a ValueError naming it, a folder that is not there a FileNotFoundError."""
+    if args.dataset_file in ("yolo", "voc"):
+        from datasets.layouts import layout_folder
+        from datasets.voc import EXPECTED as VOC_EXPECTED
+        from datasets.yolo import EXPECTED as YOLO_EXPECTED
+        return layout_folder(args, YOLO_EXPECTED if args.dataset_file == "yolo" else VOC_EXPECTED)
+    from datasets.coco import coco_folder
+    if args.dataset_file == "coco_panoptic" and not args.coco_path:
+        raise ValueError("--coco_path is required: a folder with train2017/ and val2017/ (and --coco_panoptic_path "
+                         "for the panoptic annotations)")
+    return coco_folder(args)
+
+
 def build_dataset(image_set: str, args, cache_share: tuple[int, int] = (0, 1)):
     """Dataset ``image_set`` ('train' or 'val') for ``args.dataset_file``; see each builder for the args it reads.
     ``cache_share``: this process's (local rank, processes per node), the share of images ``--cache_mode`` keeps."""
@@ -33,6 +52,12 @@ def build_dataset(image_set: str, args, cache_share: tuple[int, int] = (0, 1)):
     if args.dataset_file == "coco_panoptic":
         from datasets.coco_panoptic import build as build_coco_panoptic
         return build_coco_panoptic(image_set, args, cache_share)
+    if args.dataset_file == "yolo":
+        from datasets.yolo import build as build_yolo
+        return build_yolo(image_set, args, cache_share)
+    if args.dataset_file == "voc":
+        from datasets.voc import build as build_voc
+        return build_voc(image_set, args, cache_share)
     raise ValueError(f"--dataset_file {args.dataset_file!r} is not supported; choices: {list(DATASET_CHOICES)}")
 
 

@@ -154,20 +154,24 @@ class CocoDetection(torchvision.datasets.CocoDetection):
     ``num_classes()`` is K. ``batch_transform``: applied by ``datasets.loaders`` to each collated training batch
     (RT-DETR's ``MultiScaleBatchResize``) or None. ``epoch``: the ``SharedEpoch`` that ``transforms`` and
     ``batch_transform`` read (RT-DETR's pipeline), or None; the run sets it each epoch (``RunData.set_epoch``).
+
+    ``annotations``: the content of the annotation file, already read (another layout converted in memory,
+    ``datasets.layouts``); ``ann_file`` then only names the split's source in messages and is not read.
     """
 
     def __init__(self, img_folder: str | Path, ann_file: str | Path, transforms: Optional[Callable],
                  return_masks: bool, num_classes: Optional[int] = None, remove_difficult: bool = False, *,
                  strict_annotations: bool = False, skip_bad_images: bool = False, cache: bool = False,
                  cache_share: tuple[int, int] = (0, 1), remap_categories: bool = False,
-                 batch_transform: Optional[Callable] = None, epoch: Optional[SharedEpoch] = None):
+                 batch_transform: Optional[Callable] = None, epoch: Optional[SharedEpoch] = None,
+                 annotations: Optional[dict] = None):
         img_folder, ann_file = Path(img_folder), Path(ann_file)
         if not img_folder.is_dir():
             raise FileNotFoundError(f"image folder {img_folder} not found (expected a directory of the images "
                                     f"listed in {ann_file.name})")
-        if not ann_file.is_file():
+        if annotations is None and not ann_file.is_file():
             raise FileNotFoundError(f"annotation file {ann_file} not found (expected a COCO instances JSON file)")
-        data = _read_annotation_json(ann_file)
+        data = _read_annotation_json(ann_file) if annotations is None else annotations
         check_instances(data, ann_file, need_segmentation=return_masks)
         dropped = drop_invalid_boxes(data, ann_file, strict=strict_annotations)
         if dropped and is_main_process():
@@ -333,28 +337,49 @@ def make_pipeline(image_set: str, args) -> tuple[Callable, Optional[MultiScaleBa
     return make_rtdetr_transforms(image_set, image_size, stop_epoch, epoch), batch_transform, epoch
 
 
-def build(image_set: str, args, cache_share: tuple[int, int] = (0, 1)) -> CocoDetection:
-    """COCO ``image_set`` ('train' or 'val') from ``args.coco_path``, ``args.masks``, ``args.num_classes`` (may be
-    None: no id check), ``args.remap_mscoco_category`` (default False), the pipeline ``make_pipeline`` reads
-    (``args.data_pipeline``, ``args.image_size``, ``args.multiscale`` ...), ``args.remove_difficult``,
-    ``args.strict_annotations``, ``args.skip_bad_images`` and ``args.cache_mode`` (default False; ``cache_share``:
-    this process's (local rank, processes per node))."""
-    root = Path(args.coco_path)
+def coco_folder(args) -> Path:
+    """The COCO-layout folder of ``args``: ``--coco_path``, or ``--data_path`` in its place."""
+    folder = getattr(args, "coco_path", None) or getattr(args, "data_path", None)
+    if not folder:
+        raise ValueError("--coco_path (or --data_path) is required: a folder with train2017/, val2017/ and "
+                         "annotations/")
+    root = Path(folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"--coco_path {root} is not a directory (expected train2017/, val2017/ and "
+        flag = "--coco_path" if getattr(args, "coco_path", None) else "--data_path"
+        raise FileNotFoundError(f"{flag} {root} is not a directory (expected train2017/, val2017/ and "
                                 f"annotations/instances_{{train,val}}2017.json under it)")
+    return root
+
+
+def build(image_set: str, args, cache_share: tuple[int, int] = (0, 1)) -> CocoDetection:
+    """COCO ``image_set`` ('train' or 'val') from ``args.coco_path`` (or ``args.data_path``) with the flags that
+    :func:`dataset_from_annotations` reads."""
+    root = coco_folder(args)
     if image_set not in COCO_SPLITS:
         raise ValueError(f"unknown image_set {image_set!r}; expected one of {sorted(COCO_SPLITS)}")
     folder, ann_name = COCO_SPLITS[image_set]
+    return dataset_from_annotations(image_set, args, root / folder, root / "annotations" / ann_name, cache_share)
+
+
+def dataset_from_annotations(image_set: str, args, img_folder: Path, ann_file: Path,
+                             cache_share: tuple[int, int] = (0, 1), annotations: Optional[dict] = None
+                             ) -> CocoDetection:
+    """The ``CocoDetection`` of ``image_set`` ('train' or 'val') whose images are under ``img_folder`` and whose
+    annotations are ``ann_file`` (or ``annotations``, already read: see ``CocoDetection``), with ``args.masks``,
+    ``args.num_classes`` (may be None: no id check), ``args.remap_mscoco_category`` (default False), the pipeline
+    ``make_pipeline`` reads (``args.data_pipeline``, ``args.image_size``, ``args.multiscale`` ...),
+    ``args.remove_difficult``, ``args.strict_annotations``, ``args.skip_bad_images`` and ``args.cache_mode``
+    (default False; ``cache_share``: this process's (local rank, processes per node)). A training split without a
+    usable annotation is an error."""
     transforms, batch_transform, epoch = make_pipeline(image_set, args)
-    dataset = CocoDetection(root / folder, root / "annotations" / ann_name, transforms=transforms,
+    dataset = CocoDetection(img_folder, ann_file, transforms=transforms,
                             return_masks=args.masks, num_classes=getattr(args, "num_classes", None),
                             remove_difficult=getattr(args, "remove_difficult", False),
                             strict_annotations=getattr(args, "strict_annotations", False),
                             skip_bad_images=getattr(args, "skip_bad_images", False),
                             cache=getattr(args, "cache_mode", False), cache_share=cache_share,
                             remap_categories=getattr(args, "remap_mscoco_category", False),
-                            batch_transform=batch_transform, epoch=epoch)
+                            batch_transform=batch_transform, epoch=epoch, annotations=annotations)
     if image_set == "train" and len(dataset) and not dataset.coco.anns:
         raise ValueError(f"annotation file {dataset.ann_file} has no usable annotation: nothing to train on")
     return dataset

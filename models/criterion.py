@@ -1,4 +1,5 @@
 """DETR's set-prediction loss: match predictions to targets one-to-one, then supervise the matched pairs."""
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -40,6 +41,8 @@ class SetCriterion(nn.Module):
         self.query_groups = query_groups
         self.giou_eps = giou_eps
         self.log_box_parts = log_box_parts
+        self._box_total: float | None = None  # set by normalised_over (gradient accumulation)
+        self._mean_scale = 1.0
         if eos_coef is not None:  # the softmax classifier's class weights, "no object" last
             empty_weight = torch.ones(self.num_classes + 1)
             empty_weight[-1] = self.eos_coef
@@ -62,8 +65,9 @@ class SetCriterion(nn.Module):
 
     def classification_loss(self, logits: torch.Tensor, target_classes: torch.Tensor, num_boxes: float
                             ) -> torch.Tensor:
-        """DETR's: cross-entropy over the K + 1 softmax classes, "no object" weighted by ``eos_coef``."""
-        return F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)
+        """DETR's: cross-entropy over the K + 1 softmax classes, "no object" weighted by ``eos_coef`` (a weighted mean
+        over queries)."""
+        return F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight) * self._mean_scale
 
     @torch.no_grad()
     def loss_cardinality(self, outputs, targets, indices, num_boxes) -> dict:
@@ -128,8 +132,24 @@ class SetCriterion(nn.Module):
             return self.matcher(outputs, targets)
         return self.query_groups.match(self.matcher, outputs, targets)
 
+    @contextlib.contextmanager
+    def normalised_over(self, total_boxes: float, batches: int):
+        """Within, every loss of a batch is normalised as part of ``batches`` batches trained as one (gradient
+        accumulation): the per-box terms by ``total_boxes`` (the boxes of all of them, averaged over processes as
+        :meth:`num_boxes` does) instead of the batch's own, and DETR's cross-entropy, a mean over queries, divided
+        by ``batches``. Summed over the batches, the losses are those of the one larger batch (DETR's cross-entropy
+        when the batches hold as many targets, its weights then summing alike)."""
+        self._box_total, self._mean_scale = total_boxes, 1.0 / batches
+        try:
+            yield
+        finally:
+            self._box_total, self._mean_scale = None, 1.0
+
     def num_boxes(self, targets: list[dict], device: torch.device, matches_per_target: int = 1) -> float:
-        """Number of target boxes averaged over processes (at least 1): the losses' normaliser."""
+        """Number of target boxes averaged over processes (at least 1): the losses' normaliser (the accumulated
+        batches' total within :meth:`normalised_over`)."""
+        if self._box_total is not None:
+            return self._box_total * matches_per_target
         num_boxes = sum(len(t["labels"]) for t in targets) * matches_per_target
         num_boxes = torch.as_tensor([num_boxes], dtype=torch.float, device=device)
         if is_dist_avail_and_initialized():

@@ -333,7 +333,7 @@ def test_category_id_not_below_num_classes(synthetic):
 
 def test_unknown_dataset_file_and_image_set(synthetic):
     with pytest.raises(ValueError, match="--dataset_file") as err:
-        build_dataset("train", _args(synthetic, dataset_file="voc"))
+        build_dataset("train", _args(synthetic, dataset_file="kitti"))
     assert "coco" in str(err.value)
     with pytest.raises(ValueError, match="image_set"):
         make_coco_transforms("test")

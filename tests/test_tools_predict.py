@@ -29,7 +29,7 @@ def checkpoints(tiny_coco, tmp_path_factory) -> dict[str, Path]:
     """One epoch of each architecture on the tiny dataset (24 images of 64 px, 12 classes, 8 queries)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("predict_runs")
-    return {arch: train_tiny(tiny_coco, root / arch, arch) for arch in ("detr", "deformable_detr", "dino")}
+    return {arch: train_tiny(tiny_coco, root / arch, arch) for arch in ("detr", "deformable_detr", "dino", "rtdetrv2")}
 
 
 def _predict(checkpoint: Path, inputs: list, out: Path, *flags: str) -> list[dict]:
@@ -137,9 +137,10 @@ def test_batches_give_the_predictions_of_single_images(checkpoints, tiny_coco, t
     assert np.allclose([r["bbox"] + [r["score"]] for r in one], [r["bbox"] + [r["score"]] for r in four], atol=1e-3)
 
 
-@pytest.mark.parametrize("arch, per_image", [("deformable_detr", 96), ("dino", 20)])
+@pytest.mark.parametrize("arch, per_image", [("deformable_detr", 96), ("dino", 20), ("rtdetrv2", 20)])
 def test_every_architecture_predicts(checkpoints, tiny_coco, tmp_path, arch, per_image):
-    # top-k over query-class pairs: Deformable DETR min(100, 8 queries x 12 classes), DINO --num_select 20
+    # top-k over query-class pairs: Deformable DETR min(100, 8 queries x 12 classes), DINO --num_select 20,
+    # RT-DETRv2 --num_top_queries 20
     images = _val_images(tiny_coco, 2)
     results = _predict(checkpoints[arch], images, tmp_path, "--threshold", "0", "--coco_path", str(tiny_coco))
     assert len(results) == per_image * len(images)
@@ -188,3 +189,23 @@ def test_an_official_format_checkpoint_takes_its_model_flags_from_the_command_li
     assert _predict(official, [image], tmp_path / "official", "--threshold", "0", *flags) == ours
     with pytest.raises(UserError, match="does not fit the model built from these flags"):
         _predict(official, [image], tmp_path / "defaults", "--threshold", "0")
+
+
+def test_the_checkpoint_carries_the_category_names_to_the_tools(checkpoints, tiny_coco, tmp_path):
+    """The names are stored in the checkpoint, so predictions name the categories without the dataset at hand."""
+    import shutil
+
+    from tools.model_loading import load_model, parse_with_checkpoint_flags
+
+    saved = torch.load(checkpoints["detr"], weights_only=True)["category_names"]
+    expected = {str(c["id"]): c["name"] for c in json.loads(
+        (tiny_coco / "annotations" / "instances_train2017.json").read_text())["categories"]}
+    assert saved == expected
+    moved = tmp_path / "checkpoint.pth"
+    shutil.copy(checkpoints["detr"], moved)
+    args, checkpoint = parse_with_checkpoint_flags(predict.get_parser(), [
+        "--resume", str(moved), "--input", "x.jpg", "--output_dir", str(tmp_path), "--coco_path",
+        str(tmp_path / "gone")])
+    loaded = load_model(args, checkpoint)
+    assert loaded.category_names == {int(k): v for k, v in expected.items()}
+    assert loaded.names_source == f"the checkpoint {moved}"

@@ -75,7 +75,12 @@ def test_event_files_hold_every_logged_value_and_pictures(run_dir, tiny_coco):
         assert list(coco.values()) == pytest.approx(entry["test_coco_eval_bbox"], abs=1e-6)
     first_val_ids = sorted(json.loads((tiny_coco / "annotations" / "instances_val2017.json").read_text())["images"],
                            key=lambda image: image["id"])[:4]
-    assert sorted(reader.Tags()["images"]) == sorted(f"val/{image['id']}" for image in first_val_ids)
+    assert sorted(reader.Tags()["images"]) == sorted([f"val/{image['id']}" for image in first_val_ids]
+                                                     + ["val_confusion_matrix"])
+    assert [e.step for e in reader.Images("val_confusion_matrix")] == [0, 1]
+    val = json.loads((tiny_coco / "annotations" / "instances_val2017.json").read_text())
+    with_boxes = {c["name"] for c in val["categories"] if any(a["category_id"] == c["id"] for a in val["annotations"])}
+    assert {tag.rsplit("/", 1)[1] for tag in scalars if tag.startswith("val_per_class/AP/")} == with_boxes
     pictures = reader.Images(f"val/{first_val_ids[0]['id']}")
     assert [p.step for p in pictures] == [0, 1]
     # ground truth | predictions, each 64 px enlarged 4 times, 4 px apart

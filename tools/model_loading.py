@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import cli
-from datasets.category_names import coco_category_names, dataset_annotation_files, dataset_category_names
+from datasets.category_names import category_names_for, coco_category_names
 from models import build_model
 from util.checkpoint import load_checkpoint
 from util.config import load_preset, parse_args_with_config
@@ -22,7 +22,8 @@ from util.training_state import class_count_hint, flag_differences, model_state,
 from util.user_error import UserError
 
 # Flags a checkpoint's stored ``args`` give the tools besides the model flags (cli.model_flags()).
-STORED_DATA_FLAGS = ("image_size", "dataset_file", "coco_path", "coco_panoptic_path")
+STORED_DATA_FLAGS = ("image_size", "dataset_file", "coco_path", "coco_panoptic_path", "data_path", "data_pipeline",
+                     "remap_mscoco_category")
 
 
 @dataclass
@@ -59,6 +60,8 @@ def parse_with_checkpoint_flags(parser: argparse.ArgumentParser, argv: list[str]
     args.pretrained_backbone = False  # every weight comes from the checkpoint: no ImageNet download
     args.frozen_weights = None
     cli.check_args(args)
+    if isinstance(stored, dict) and stored.get("label_to_category_id") is not None:
+        args.label_to_category_id = stored["label_to_category_id"]  # --remap_mscoco_category: labels -> ids
     return args, checkpoint
 
 
@@ -72,7 +75,7 @@ def load_model(args: argparse.Namespace, checkpoint: dict | None) -> LoadedModel
     else:
         model, _, postprocessors = build_model(args)
         _load_weights(model, checkpoint, args)
-    names, names_source = _category_names(args, hub=checkpoint is None)
+    names, names_source = _category_names(args, hub=checkpoint is None, checkpoint=checkpoint)
     return LoadedModel(model.to(device).eval(), postprocessors, args, names, names_source, args.resume)
 
 
@@ -129,12 +132,16 @@ def _load_weights(model: nn.Module, checkpoint: dict, args: argparse.Namespace) 
         raise UserError(f"--resume {args.resume} does not fit the model built from these flags{hint}; {why}") from exc
 
 
-def _category_names(args: argparse.Namespace, hub: bool) -> tuple[dict[int, str], str]:
-    """(id -> name, where from): the dataset's annotation files when they are found, else COCO's names for models
-    with COCO's class count (the official ones), else none."""
-    files = dataset_annotation_files(args.coco_path, args.coco_panoptic_path)
+def _category_names(args: argparse.Namespace, hub: bool, checkpoint: dict | None = None
+                    ) -> tuple[dict[int, str], str]:
+    """(id -> name, where from): the names a checkpoint of ours stores, else the dataset's annotation files when they
+    are found, else COCO's names for models with COCO's class count (the official ones), else none."""
+    stored = checkpoint.get("category_names") if isinstance(checkpoint, dict) else None
+    if isinstance(stored, dict) and stored:
+        return {int(k): str(v) for k, v in stored.items()}, f"the checkpoint {args.resume}"
+    names, files = category_names_for(args)
     if files:
-        return dataset_category_names(args.coco_path, args.coco_panoptic_path), ", ".join(map(str, files))
+        return names, ", ".join(map(str, files))
     if hub or args.num_classes in (None, 91, 250):
         return coco_category_names(), "COCO's category names"
     return {}, "no annotation file found (--coco_path): category ids are shown"

@@ -2,6 +2,7 @@
 
     python -m tools.predict --resume outputs/run/checkpoint.pth --input photos/ more/*.jpg --output_dir outputs/pred \\
         [--threshold 0.5] [--batch_size 4] [--device cpu] [--coco_path DIR] [--config FILE | model flags]
+        [--tile 640 [--overlap 0.2] [--tile_nms_iou 0.5]]
 
 ``--resume``: a checkpoint of this code base (its stored flags build the model: no other flag is needed), an official
 checkpoint file or https URL (give its preset, e.g. ``--config configs/detr_r50.yaml``), or a hub entry name of
@@ -9,6 +10,13 @@ hubconf.py (``detr_resnet50``, ``detr_resnet101_panoptic`` ...: the official wei
 image files, folders (their images) and glob patterns (quote them). Each image is read upright (EXIF orientation),
 as RGB (greyscale, palette, RGBA and 16-bit images converted), resized for the model as the validation transform
 does (``--image_size``), and drawn at its own size.
+
+``--tile SIZE`` (sliced inference, tools/tiling.py): an image larger than SIZE x SIZE pixels is also cut into tiles
+of SIZE pixels overlapping by the fraction ``--overlap`` (default 0.2; the last row and column end at the border),
+each of which goes through the model as an image of its own (resized as above); their detections, moved to the
+image's coordinates, join the whole image's, and per-class NMS at IoU ``--tile_nms_iou`` (default 0.5) removes the
+duplicates. The whole-image pass stays (SAHI's default): it finds the objects larger than a tile. Box and instance-mask
+models; not panoptic ones.
 
 Writes to ``--output_dir``:
 - ``<image name>.png``: the image with every prediction of score >= ``--threshold`` (box, category name, score; a
@@ -44,6 +52,7 @@ from models.postprocess import detections
 from tools.command_line import run_tool
 from tools.image_inputs import expand_inputs, read_input_image
 from tools.model_loading import LoadedModel, load_model, parse_with_checkpoint_flags
+from tools.tiling import DEFAULT_NMS_IOU, DEFAULT_OVERLAP, MIN_TILE, merge_detections, tile_grid
 from util.drawing import blend_masks, colour, draw_boxes
 from util.nested_tensor import nested_tensor_from_tensor_list
 from util.panoptic_png import rgb2id
@@ -59,8 +68,45 @@ def get_parser() -> argparse.ArgumentParser:
                         help="image files, folders of images, glob patterns")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="score a prediction needs to be drawn and written (0: all of them)")
+    parser.add_argument("--tile", type=int, default=None, metavar="SIZE",
+                        help=f"also predict on tiles of SIZE x SIZE image pixels (at least {MIN_TILE}) of the images "
+                             "larger than that, merged with the whole image's predictions (small objects)")
+    parser.add_argument("--overlap", type=float, default=None,
+                        help=f"with --tile: the fraction of a tile that neighbours share, in [0, 1) (default "
+                             f"{DEFAULT_OVERLAP})")
+    parser.add_argument("--tile_nms_iou", type=float, default=None,
+                        help="with --tile: the IoU above which a prediction of a class is dropped for a better one "
+                             f"of that class (default {DEFAULT_NMS_IOU})")
     parser.set_defaults(batch_size=4)
     return parser
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """``--tile``: tiles of ``size`` image pixels overlapping by the fraction ``overlap``, merged by per-class NMS
+    at IoU ``nms_iou``."""
+
+    size: int
+    overlap: float
+    nms_iou: float
+
+
+def tiling_flags(args: argparse.Namespace) -> Tiling | None:
+    """The checked ``--tile``, ``--overlap`` and ``--tile_nms_iou`` (None without ``--tile``)."""
+    if args.tile is None:
+        given = [f"--{name}" for name in ("overlap", "tile_nms_iou") if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} {'needs' if len(given) == 1 else 'need'} --tile SIZE")
+        return None
+    if args.tile < MIN_TILE:
+        raise ValueError(f"--tile must be at least {MIN_TILE} (pixels of the image), got {args.tile}")
+    overlap = DEFAULT_OVERLAP if args.overlap is None else args.overlap
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"--overlap must be in [0, 1) (the fraction of a tile that neighbours share), got {overlap}")
+    nms_iou = DEFAULT_NMS_IOU if args.tile_nms_iou is None else args.tile_nms_iou
+    if not 0.0 <= nms_iou <= 1.0:
+        raise ValueError(f"--tile_nms_iou must be in [0, 1], got {nms_iou}")
+    return Tiling(args.tile, overlap, nms_iou)
 
 
 @dataclass
@@ -95,19 +141,27 @@ def main(argv: list[str] | None = None) -> Path:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
     if not args.output_dir:
         raise ValueError("--output_dir is required: the folder for the pictures and predictions.json")
+    tiling = tiling_flags(args)
     paths = expand_inputs(args.input)
     loaded = load_model(args, checkpoint)
     print(f"model: {loaded.args.meta_arch} from {loaded.source}; category names: {loaded.names_source}", flush=True)
+    if tiling is not None:
+        if "panoptic" in loaded.postprocessors:
+            raise UserError("--tile: a panoptic model's segments cannot be merged across tiles; predict without it")
+        print(f"tiles of {tiling.size} px, overlap {tiling.overlap}, with the whole image; per-class NMS at IoU "
+              f"{tiling.nms_iou}", flush=True)
+    transform = image_transform(loaded.args.data_pipeline, loaded.args.image_size)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     image_ids = ImageIds(given.coco_path)
     names = OutputNames(paths, output_dir)
     results, skipped = [], 0
     progress = Progress(len(paths))
-    for batch, batch_skipped in batches(paths, image_transform(loaded.args.data_pipeline, loaded.args.image_size),
-                                        args.batch_size):
+    for batch, batch_skipped in batches(paths, transform, args.batch_size):
         skipped += batch_skipped
         for item, prediction in zip(batch, predict(loaded, batch, args.threshold)):
+            if tiling is not None:
+                prediction = with_tiles(loaded, item, prediction, transform, tiling, args.threshold, args.batch_size)
             picture(item.image, prediction, loaded.category_names).save(output_dir / names.of(item.path))
             results += coco_results(item.path, image_ids.of(item.path), prediction)
         progress.update(len(batch) + batch_skipped)
@@ -166,6 +220,36 @@ def predict(loaded: LoadedModel, batch: list[Item], threshold: float) -> list[Pr
                 prediction.segment_ids = rgb2id(np.asarray(png.convert("RGB")))
             prediction.segments = segmentation["segments_info"]
     return predictions
+
+
+def with_tiles(loaded: LoadedModel, item: Item, whole: Prediction, transform, tiling: Tiling, threshold: float,
+               batch_size: int) -> Prediction:
+    """The image's own prediction ``whole`` merged with those of its tiles (``transform``: PIL image -> model input;
+    ``batch_size`` tiles a batch; predictions of score >= ``threshold``), as tools/tiling.py describes; ``whole``
+    alone for an image no larger than a tile."""
+    tiles = tile_grid(item.image.width, item.image.height, tiling.size, tiling.overlap)
+    if not tiles:
+        return whole
+    parts = [whole]
+    for start in range(0, len(tiles), batch_size):
+        crops = [item.image.crop(box) for box in tiles[start:start + batch_size]]
+        parts += predict(loaded, [Item(item.path, crop, transform(crop)) for crop in crops], threshold)
+    offsets = [(0, 0)] + [(x0, y0) for x0, y0, _, _ in tiles]
+    scores, labels, boxes, keep = merge_detections([(p.scores, p.labels, p.boxes) for p in parts], offsets,
+                                                   tiling.nms_iou)
+    merged = Prediction(scores, labels, boxes)
+    if whole.masks is not None:  # each kept mask pasted at its tile's place in an image-sized one
+        placed = [(mask, offset) for part, offset in zip(parts, offsets) for mask in part.masks]
+        merged.masks = [_pasted(*placed[k], (item.image.height, item.image.width)) for k in keep.tolist()]
+    return merged
+
+
+def _pasted(mask: np.ndarray, offset: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
+    """A boolean ``mask`` ``[h, w]`` of a tile at ``offset`` (x0, y0) as a mask of the image ``image_size`` (H, W)."""
+    (x0, y0), (height, width) = offset, mask.shape
+    pasted = np.zeros(image_size, dtype=bool)
+    pasted[y0:y0 + height, x0:x0 + width] = mask
+    return pasted
 
 
 def _instance_masks(mask_logits: torch.Tensor, input_size: tuple[int, int], image_size: tuple[int, int]

@@ -8,13 +8,17 @@ class and cardinality errors included), ``train/grad_norm`` (before clipping), `
 group's learning rate) and ``speed/iterations_per_s``. Per epoch (step = epoch): ``epoch/train_<key>`` (the epoch
 averages of log.txt), and after each evaluation ``epoch/test_<key>`` (losses), ``coco_bbox/<name>`` (and
 ``coco_masks/<name>``) for the 12 COCO numbers (AP, AP50, AP75, AP_small, AP_medium, AP_large, AR1, AR10, AR100,
-AR_small, AR_medium, AR_large), ``panoptic/<PQ_all|PQ_th|PQ_st>_<pq|sq|rq>``, and ``val/<image id>``: the first
-validation images with their ground-truth boxes (left) and the model's predictions (right).
+AR_small, AR_medium, AR_large), ``panoptic/<PQ_all|PQ_th|PQ_st>_<pq|sq|rq>``, ``val/<image id>``: the first
+validation images with their ground-truth boxes (left) and the model's predictions (right),
+``val_per_class/AP/<category name>``: the box AP of each category with ground truth (evaluation/per_class.py; names
+from the dataset's categories, characters other than letters, digits, ``_.-`` replaced by ``_``), and the image
+``val_confusion_matrix`` (evaluation/confusion.py: rows ground truth, columns prediction).
 
 Only the main process writes (run.py makes one there); iteration values are read from the device in groups, every
 ``FLUSH_EVERY`` iterations and at the end of an epoch, not every step. Importing this module imports TensorBoard:
 run.py does so only with ``--tensorboard``.
 """
+import re
 import time
 from pathlib import Path
 
@@ -119,7 +123,17 @@ class TensorBoardLog:
         if evaluation is not None:
             for tag, picture in self.validation_pictures(evaluation):
                 self.writer.add_image(tag, np.asarray(picture).transpose(2, 0, 1), epoch)
+            if getattr(evaluation, "report", None) is not None:
+                self.evaluation_report(epoch, evaluation.report)
         self.writer.flush()
+
+    def evaluation_report(self, epoch: int, report) -> None:
+        """An evaluation's per-class box AP (``val_per_class/AP/<name>``, categories with ground truth) and its
+        confusion matrix (image ``val_confusion_matrix``) of an evaluation/report.py EvaluationReport."""
+        for tag, row in zip(per_class_tags(report.per_class), report.per_class):
+            if row["AP"] >= 0:
+                self.writer.add_scalar(tag, row["AP"], epoch)
+        self.writer.add_image("val_confusion_matrix", report.confusion_pixels(), epoch, dataformats="HWC")
 
     @torch.no_grad()
     def validation_pictures(self, evaluation) -> list[tuple[str, Image.Image]]:
@@ -172,3 +186,12 @@ class TensorBoardLog:
     def close(self) -> None:
         self.flush()
         self.writer.close()
+
+
+def per_class_tags(rows: list[dict]) -> list[str]:
+    """``val_per_class/AP/<name>`` for each per-class row, the name's characters other than letters, digits and
+    ``_.-`` replaced by ``_``; names that clash after that get ``_<category id>``."""
+    names = [re.sub(r"[^A-Za-z0-9_.\-]", "_", row["name"]) for row in rows]
+    clashing = {name for name in names if names.count(name) > 1}
+    return [f"val_per_class/AP/{name}_{row['category_id']}" if name in clashing else f"val_per_class/AP/{name}"
+            for name, row in zip(names, rows)]

@@ -7,6 +7,7 @@ the terms later and stops the run naming that step (util/loss_log.py). Optimiser
 SGD built with ``foreach``/``plain``, as ``--official_paths`` builds them) read the loss on the host each step and stop
 before the backward pass, as the official loop does.
 """
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -58,27 +59,51 @@ class TrainStep:
 
     def __call__(self, samples, targets: list[dict], step_index: int | None = None) -> StepResult:
         """One step on a batch; ``step_index``: its index among the run's optimiser steps (for the warm-up)."""
+        return self.accumulated([(samples, targets)], step_index)
+
+    def accumulated(self, batches: list[tuple], step_index: int | None = None) -> StepResult:
+        """One optimiser step on the summed gradients of ``batches`` (``[(samples, targets), ...]``;
+        ``--accumulate_steps``), each batch's losses normalised as part of the whole (the criterion's
+        ``normalised_over``): with frozen normalisation the step is that of one batch holding them all. The returned
+        terms are those of the whole: the weighted ones summed over the batches, the logged ones (class error)
+        averaged."""
         if self.warmup is not None and step_index is not None:
             self.warmup(step_index)
-        with self.precision.autocast():
-            outputs = self.model(samples, targets) if takes_targets(self.model) else self.model(samples)
-        outputs = self.precision.to_fp32(outputs)
-        loss_dict = self.criterion(outputs, targets)
-        weight_dict = self.criterion.weight_dict
-        losses = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
-        reduced = reduce_dict(loss_dict)
-        finite = torch.stack([reduced[k].detach() for k in reduced if k in weight_dict]).isfinite().all()
-        if self.host_check and not bool(finite):
-            return StepResult(reduced, None, read_now=True)  # the official loop stops here, before backward
-
         scaler = self.precision.scaler
+        weight_dict = self.criterion.weight_dict
         self.optimizer.zero_grad()
-        try:
-            (scaler.scale(losses) if scaler is not None else losses).backward()
-        except Exception as exc:  # noqa: BLE001 - only a --compile backward failure is handled, others re-raised
-            if not (isinstance(self.model, CompiledWithFallback) and self.model.fall_back(exc)):
-                raise
-            return self(samples, targets, step_index)  # the same step again, eager
+        summed: dict[str, Tensor] = {}
+        normalise = contextlib.nullcontext()
+        if len(batches) > 1:
+            device = next(t["labels"].device for _, targets in batches for t in targets) if any(
+                targets for _, targets in batches) else torch.device("cpu")
+            total = self.criterion.num_boxes([t for _, targets in batches for t in targets], device)
+            normalise = self.criterion.normalised_over(total, len(batches))
+        with normalise:
+            for k, (samples, targets) in enumerate(batches):
+                sync = self.model.no_sync() if k < len(batches) - 1 and hasattr(self.model, "no_sync") else \
+                    contextlib.nullcontext()  # DDP: gradients all-reduced once, after the last batch
+                with sync:
+                    with self.precision.autocast():
+                        outputs = self.model(samples, targets) if takes_targets(self.model) else self.model(samples)
+                    outputs = self.precision.to_fp32(outputs)
+                    loss_dict = self.criterion(outputs, targets)
+                    losses = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
+                    if self.host_check:
+                        finite = torch.stack([v.detach() for k, v in loss_dict.items() if k in weight_dict])
+                        if not bool(finite.isfinite().all()):
+                            return StepResult(reduce_dict(loss_dict), None, read_now=True)  # before backward
+                    try:
+                        (scaler.scale(losses) if scaler is not None else losses).backward()
+                    except Exception as exc:  # noqa: BLE001 - only a --compile backward failure is handled
+                        if not (isinstance(self.model, CompiledWithFallback) and self.model.fall_back(exc)):
+                            raise
+                        return self.accumulated(batches, step_index)  # the same step again, eager
+                for name, value in loss_dict.items():
+                    value = value.detach() if name in weight_dict else value.detach() / len(batches)
+                    summed[name] = summed[name] + value if name in summed else value
+        reduced = reduce_dict(summed)
+        finite = torch.stack([reduced[k] for k in reduced if k in weight_dict]).isfinite().all()
         if scaler is not None:
             scaler.unscale_(self.optimizer)
         if self.max_norm > 0:

@@ -6,13 +6,14 @@ into a checkpoint and how one is put back.
 """
 import argparse
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from util.checkpoint import load_checkpoint, load_matching_state_dict, rng_state, save_checkpoint, set_rng_state
+from util.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from util.distributed import all_gather, barrier, broadcast_object, get_rank, is_main_process
 from util.ema import ModelEMA
 from util.optimizer import load_optimizer_state
@@ -120,13 +121,76 @@ def load_frozen_weights(model: nn.Module, path: str, num_classes: int, run_flags
 
 
 def load_finetune_weights(model: nn.Module, path: str) -> None:
-    """Every entry of ``path`` whose name and shape fit ``model``; prints what was skipped and what was not set."""
+    """Load every entry of ``path`` whose name and shape fit ``model`` (ours, or an official RT-DETR / D-FINE file's
+    moving average); the model's entries of other shapes (the class heads and denoising label embeddings after a
+    change of ``--num_classes``) and those the file lacks keep their fresh initialisation. Prints one line: how many
+    entries loaded, then by name (indices folded, ``class_embed.{0-5}.weight``) those of other shapes with both
+    shapes, those the file lacks and the file's entries the model does not have."""
     state = state_for(model, model_state(load_checkpoint(path, flag="--finetune_from"), "--finetune_from"))
-    skipped, missing = load_matching_state_dict(model, state)
-    if len(skipped) == len(state):
-        raise ValueError(f"--finetune_from {path}: no entry of the checkpoint fits this model (e.g. {skipped[:3]})")
-    print(f"--finetune_from {path}: skipped {len(skipped)} entries: {skipped}; left at initialisation: {missing}",
-          flush=True)
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fitting:
+        raise ValueError(f"--finetune_from {path}: no entry of the checkpoint fits this model: "
+                         f"{state_mismatch(model, state)}")
+    reshaped = {k: f"file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
+                if k in state and k not in fitting}
+    missing = [k for k in own if k not in state]
+    unknown = [k for k in state if k not in own]
+    model.load_state_dict(fitting, strict=False)
+    parts = [f"loaded {len(fitting)} of {len(own)} model entries"]
+    if reshaped:
+        parts.append(f"skipped {len(reshaped)} entries of other shapes, left at initialisation: "
+                     f"{folded_names(list(reshaped), reshaped)}")
+    if missing:
+        parts.append(f"{len(missing)} model entries not in the file, left at initialisation: {folded_names(missing)}")
+    if unknown:
+        parts.append(f"{len(unknown)} file entries unknown to the model, ignored: {folded_names(unknown)}")
+    print(f"--finetune_from {path}: {'; '.join(parts)}", flush=True)
+
+
+def folded_names(names: list[str], details: dict[str, str] | None = None) -> str:
+    """``names`` (state-dict keys) as one compact, comma-separated string, in their order: keys that differ only in
+    numeric components fold into ranges (``class_embed.{0-5}.weight``), then keys of one module into a set of leaves
+    (``class_embed.{bias,weight}``), among keys with the same ``details`` (name -> text shown in parentheses)."""
+    details = details or {}
+    by_template: dict[tuple, list[tuple[int, ...]]] = {}
+    for name in names:
+        parts = name.split(".")
+        template = tuple("{}" if p.isdigit() else p for p in parts)
+        by_template.setdefault((template, details.get(name)), []).append(tuple(int(p) for p in parts if p.isdigit()))
+    modules: dict[tuple, list[str]] = {}
+    for (template, detail), indices in by_template.items():
+        for folded in _fold_indices(list(template), indices):
+            module, _, leaf = folded.rpartition(".")
+            modules.setdefault((module, detail), []).append(leaf)
+    entries = []
+    for (module, detail), leaves in modules.items():
+        leaf = leaves[0] if len(leaves) == 1 else "{" + ",".join(leaves) + "}"
+        entries.append((f"{module}.{leaf}" if module else leaf) + (f" ({detail})" if detail else ""))
+    return ", ".join(entries)
+
+
+def _fold_indices(template: list[str], indices: list[tuple[int, ...]]) -> list[str]:
+    """The keys ``template`` (``"{}"`` for each numeric component) with ``indices`` as one folded key when they are
+    every combination of their values at each position, else one key each."""
+    values = [sorted({index[i] for index in indices}) for i in range(len(indices[0]))]
+    if math.prod(len(v) for v in values) != len(set(indices)):
+        return [_filled(template, [str(i) for i in index]) for index in indices]
+    return [_filled(template, [_index_set(v) for v in values])]
+
+
+def _filled(template: list[str], components: list[str]) -> str:
+    components = iter(components)
+    return ".".join(next(components) if part == "{}" else part for part in template)
+
+
+def _index_set(values: list[int]) -> str:
+    """[3] -> '3'; [0, 1, 2] -> '{0-2}'; [0, 2] -> '{0,2}'."""
+    if len(values) == 1:
+        return str(values[0])
+    if values == list(range(values[0], values[-1] + 1)):
+        return f"{{{values[0]}-{values[-1]}}}"
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 @dataclass(frozen=True)

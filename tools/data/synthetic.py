@@ -29,6 +29,12 @@ Rarely (``CROWD_FRACTION`` of the shapes, 2%) a shape is marked ``iscrowd`` 1 in
 are. ``instances_*.json`` keeps the things only (whole shapes, as in detection mode), so box AP with pycocotools
 works as before (the images and shapes differ from detection mode's with the same seed).
 
+The same data in the YOLO and Pascal VOC layouts (``--layout yolo|voc``, read by ``--dataset_file yolo|voc
+--data_path DIR``): ``write_yolo_copy`` and ``write_voc_copy`` copy the images of a COCO-layout folder and write its
+boxes as YOLO label files (class index = position in ``categories``; ``data.yaml`` names as a list or a mapping) or
+VOC XML files (1-based inclusive pixel corners; ``labels.txt`` optional; chosen objects marked difficult). Crowd
+regions are left out of the YOLO copy and become difficult objects in the VOC copy.
+
 The output is a deterministic function of the parameters; ``generate`` leaves an existing dataset made with the
 same parameters alone. Detection mode writes byte for byte what it wrote before the panoptic mode existed (its
 parameters record no ``panoptic`` key), so detection datasets made then are kept.
@@ -37,12 +43,15 @@ import argparse
 import json
 import math
 import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
+from xml.sax.saxutils import escape
 
 import numpy as np
+import yaml
 from PIL import Image
 from pycocotools import mask as coco_mask
 
@@ -383,9 +392,106 @@ def generate(out_dir: str | Path, num_train: int = 1000, num_val: int = 200, ima
     return out_dir
 
 
+def _coco_split(coco_dir: Path, folder: str) -> dict:
+    return json.loads((coco_dir / "annotations" / f"instances_{folder}.json").read_text())
+
+
+def _refuse_existing(out_dir: Path, names: Sequence[str]) -> None:
+    existing = [name for name in names if (out_dir / name).exists()]
+    if existing:
+        raise FileExistsError(f"{out_dir} already has {', '.join(existing)}; refusing to overwrite, choose another "
+                              f"output folder")
+
+
+def write_yolo_copy(coco_dir: str | Path, out_dir: str | Path, names_as_mapping: bool = False) -> Path:
+    """The COCO-layout dataset ``coco_dir`` (boxes only) in the Ultralytics YOLO layout under ``out_dir``:
+    ``images/{train,val}/`` (copies), ``labels/{train,val}/<image stem>.txt`` (``class cx cy w h`` normalised, for
+    images with objects; crowd regions left out) and ``data.yaml`` (``names`` in the order of ``categories``, as a
+    list or with ``names_as_mapping`` as index -> name). Returns ``out_dir``."""
+    coco_dir, out_dir = Path(coco_dir), Path(out_dir)
+    _refuse_existing(out_dir, ("images", "labels", "data.yaml"))
+    names = None
+    for split, folder in SPLITS:
+        data = _coco_split(coco_dir, folder)
+        names = [c["name"] for c in data["categories"]]
+        class_of = {c["id"]: index for index, c in enumerate(data["categories"])}
+        (out_dir / "images" / split).mkdir(parents=True)
+        (out_dir / "labels" / split).mkdir(parents=True)
+        lines: dict[int, list[str]] = {}
+        image_of = {img["id"]: img for img in data["images"]}
+        for ann in data["annotations"]:
+            if ann.get("iscrowd", 0):
+                continue
+            image = image_of[ann["image_id"]]
+            x, y, w, h = ann["bbox"]
+            box = ((x + w / 2) / image["width"], (y + h / 2) / image["height"], w / image["width"],
+                   h / image["height"])
+            lines.setdefault(ann["image_id"], []).append(f"{class_of[ann['category_id']]} "
+                                                         + " ".join(f"{v:.8f}" for v in box))
+        for image in data["images"]:
+            shutil.copyfile(coco_dir / folder / image["file_name"], out_dir / "images" / split / image["file_name"])
+            if image["id"] in lines:
+                label = (out_dir / "labels" / split / image["file_name"]).with_suffix(".txt")
+                label.write_text("\n".join(lines[image["id"]]) + "\n")
+    yaml_names = dict(enumerate(names)) if names_as_mapping else names
+    (out_dir / "data.yaml").write_text(yaml.safe_dump({"train": "images/train", "val": "images/val",
+                                                       "nc": len(names), "names": yaml_names}, sort_keys=False))
+    return out_dir
+
+
+def _voc_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _voc_xml(image: dict, objects: list[tuple[str, list[float], bool]]) -> str:
+    """A Pascal VOC annotation file of ``image`` (a COCO image dict) with ``objects`` (name, COCO box, difficult)."""
+    parts = ["<annotation>", "  <folder>JPEGImages</folder>", f"  <filename>{escape(image['file_name'])}</filename>",
+             f"  <size><width>{image['width']}</width><height>{image['height']}</height><depth>3</depth></size>"]
+    for name, (x, y, w, h), difficult in objects:
+        corners = (x + 1, y + 1, x + w, y + h)  # VOC: 1-based pixel indices, the last pixel included
+        box = "".join(f"<{key}>{_voc_number(v)}</{key}>" for key, v in zip(("xmin", "ymin", "xmax", "ymax"), corners))
+        parts += ["  <object>", f"    <name>{escape(name)}</name>", "    <pose>Unspecified</pose>",
+                  "    <truncated>0</truncated>", f"    <difficult>{int(difficult)}</difficult>",
+                  f"    <bndbox>{box}</bndbox>", "  </object>"]
+    return "\n".join(parts + ["</annotation>"]) + "\n"
+
+
+def write_voc_copy(coco_dir: str | Path, out_dir: str | Path, labels_file: bool = False,
+                   difficult: Optional[dict[str, set[int]]] = None) -> Path:
+    """The COCO-layout dataset ``coco_dir`` (boxes only) in the Pascal VOC layout under ``out_dir``:
+    ``JPEGImages/`` (copies), ``Annotations/<image stem>.xml`` for every image, ``ImageSets/Main/{train,val}.txt``
+    and with ``labels_file`` ``labels.txt`` (the names in the order of ``categories``). ``difficult``: split ->
+    the annotation ids marked ``<difficult>1</difficult>`` (crowd regions are marked too). Returns ``out_dir``."""
+    coco_dir, out_dir = Path(coco_dir), Path(out_dir)
+    _refuse_existing(out_dir, ("JPEGImages", "Annotations", "ImageSets", "labels.txt"))
+    for name in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (out_dir / name).mkdir(parents=True)
+    names = None
+    for split, folder in SPLITS:
+        data = _coco_split(coco_dir, folder)
+        names = [c["name"] for c in data["categories"]]
+        name_of = {c["id"]: c["name"] for c in data["categories"]}
+        marked = (difficult or {}).get(split, set())
+        objects: dict[int, list] = {img["id"]: [] for img in data["images"]}
+        for ann in data["annotations"]:
+            is_difficult = ann["id"] in marked or bool(ann.get("iscrowd", 0))
+            objects[ann["image_id"]].append((name_of[ann["category_id"]], ann["bbox"], is_difficult))
+        stems = []
+        for image in data["images"]:
+            stem = Path(image["file_name"]).stem
+            stems.append(stem)
+            shutil.copyfile(coco_dir / folder / image["file_name"], out_dir / "JPEGImages" / image["file_name"])
+            (out_dir / "Annotations" / f"{stem}.xml").write_text(_voc_xml(image, objects[image["id"]]))
+        (out_dir / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{stem}\n" for stem in stems))
+    if labels_file:
+        (out_dir / "labels.txt").write_text("".join(f"{name}\n" for name in names))
+    return out_dir
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output directory (becomes --coco_path)")
+    parser.add_argument("--out", required=True,
+                        help="output directory (becomes --coco_path, or --data_path with --layout yolo or voc)")
     parser.add_argument("--num_train", type=int, default=1000)
     parser.add_argument("--num_val", type=int, default=200)
     parser.add_argument("--image_size", type=int, default=128, help="image side in pixels (square images)")
@@ -393,9 +499,21 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument("--max_objects", type=int, default=4, help="most shapes per image")
     parser.add_argument("--panoptic", action="store_true",
                         help="stuff backgrounds and COCO panoptic annotations too (becomes --coco_panoptic_path)")
+    parser.add_argument("--layout", default="coco", choices=("coco", "yolo", "voc"),
+                        help="write the dataset in this layout (yolo, voc: detection only, no panoptic files)")
     args = parser.parse_args(argv)
-    return generate(args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size,
-                    seed=args.seed, max_objects=args.max_objects, panoptic=args.panoptic)
+    if args.layout != "coco" and args.panoptic:
+        parser.error("--panoptic writes the COCO layout only")
+    options = dict(num_train=args.num_train, num_val=args.num_val, image_size=args.image_size, seed=args.seed,
+                   max_objects=args.max_objects, panoptic=args.panoptic)
+    if args.layout == "coco":
+        return generate(args.out, **options)
+    with tempfile.TemporaryDirectory() as coco_dir:
+        generate(coco_dir, quiet=True, **options)
+        write = write_yolo_copy if args.layout == "yolo" else write_voc_copy
+        out = write(coco_dir, args.out)
+    print(f"synthetic {args.layout}: {args.num_train} train and {args.num_val} val images -> {out}")
+    return out
 
 
 if __name__ == "__main__":
