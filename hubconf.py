@@ -253,11 +253,19 @@ RTDETRV2_MODELS = {
 }
 
 
-def _rtdetrv2(name: str, pretrained: bool, num_classes: int, return_postprocessor: bool):
-    """RT-DETRv2 of ``name``'s preset; ``pretrained`` downloads the official release (its EMA weights) into
-    torch.hub's cache and loads it strictly. The post-processor gives COCO category ids (the 80 labels mapped back,
-    as the official ``remap_mscoco_category``); it takes original sizes as (w, h), as the official one."""
-    preset, _, url = RTDETRV2_MODELS[name]
+# entry -> (preset, official COCO val2017 AP at 640 x 640, the released file, 80 classes)
+DFINE_MODELS = {
+    f"dfine_{size}": (f"dfine_{size}.yaml", ap, f"https://github.com/Peterande/storage/releases/download/dfinev1.0/"
+                                                f"dfine_{size}_coco.pth")
+    for size, ap in (("n", 42.8), ("s", 48.5), ("m", 52.3), ("l", 54.0), ("x", 55.8))}
+
+
+def _real_time(name: str, pretrained: bool, num_classes: int, return_postprocessor: bool):
+    """RT-DETRv2 or D-FINE of ``name``'s preset; ``pretrained`` downloads the official release (its EMA weights,
+    else its model weights) into torch.hub's cache and loads it strictly. The post-processor gives COCO category ids
+    (the 80 labels mapped back, as the official ``remap_mscoco_category``); it takes original sizes as (w, h), as the
+    official one."""
+    preset, _, url = {**RTDETRV2_MODELS, **DFINE_MODELS}[name]
     if pretrained and num_classes != 80:
         raise ValueError(f"{name}: the official weights have 80 classes; num_classes={num_classes} needs "
                          "pretrained=False (or --finetune_from)")
@@ -274,28 +282,54 @@ def _rtdetrv2(name: str, pretrained: bool, num_classes: int, return_postprocesso
 
 def rtdetrv2_r18vd(pretrained: bool = False, num_classes: int = 80, return_postprocessor: bool = False):
     """RT-DETRv2-S (PResNet-18vd): 48.1 AP on COCO val2017 at 640 x 640 (official figure)."""
-    return _rtdetrv2("rtdetrv2_r18vd", pretrained, num_classes, return_postprocessor)
+    return _real_time("rtdetrv2_r18vd", pretrained, num_classes, return_postprocessor)
 
 
 def rtdetrv2_r34vd(pretrained: bool = False, num_classes: int = 80, return_postprocessor: bool = False):
     """RT-DETRv2-M* (PResNet-34vd): 49.9 AP on COCO val2017 at 640 x 640 (official figure)."""
-    return _rtdetrv2("rtdetrv2_r34vd", pretrained, num_classes, return_postprocessor)
+    return _real_time("rtdetrv2_r34vd", pretrained, num_classes, return_postprocessor)
 
 
 def rtdetrv2_r50vd_m(pretrained: bool = False, num_classes: int = 80, return_postprocessor: bool = False):
     """RT-DETRv2-M (PResNet-50vd, half-width fusion, third decoder layer): 51.9 AP on COCO val2017 (official)."""
-    return _rtdetrv2("rtdetrv2_r50vd_m", pretrained, num_classes, return_postprocessor)
+    return _real_time("rtdetrv2_r50vd_m", pretrained, num_classes, return_postprocessor)
 
 
 def rtdetrv2_r50vd(pretrained: bool = False, num_classes: int = 80, return_postprocessor: bool = False):
     """RT-DETRv2-L (PResNet-50vd): 53.4 AP on COCO val2017 at 640 x 640 (official figure)."""
-    return _rtdetrv2("rtdetrv2_r50vd", pretrained, num_classes, return_postprocessor)
+    return _real_time("rtdetrv2_r50vd", pretrained, num_classes, return_postprocessor)
 
 
 def rtdetrv2_r101vd(pretrained: bool = False, num_classes: int = 80, return_postprocessor: bool = False):
     """RT-DETRv2-X (PResNet-101vd): 54.3 AP on COCO val2017 at 640 x 640 (official figure)."""
-    return _rtdetrv2("rtdetrv2_r101vd", pretrained, num_classes, return_postprocessor)
+    return _real_time("rtdetrv2_r101vd", pretrained, num_classes, return_postprocessor)
+
+
+def dfine_n(pretrained: bool = False, num_classes: int = 80, return_postprocessor: bool = False):
+    """D-FINE-N (HGNetv2-B0, two levels): 42.8 AP on COCO val2017 at 640 x 640 (official figure)."""
+    return _real_time("dfine_n", pretrained, num_classes, return_postprocessor)
+
+
+def dfine_s(pretrained: bool = False, num_classes: int = 80, return_postprocessor: bool = False):
+    """D-FINE-S (HGNetv2-B0): 48.5 AP on COCO val2017 at 640 x 640 (official figure)."""
+    return _real_time("dfine_s", pretrained, num_classes, return_postprocessor)
+
+
+def dfine_m(pretrained: bool = False, num_classes: int = 80, return_postprocessor: bool = False):
+    """D-FINE-M (HGNetv2-B2): 52.3 AP on COCO val2017 at 640 x 640 (official figure)."""
+    return _real_time("dfine_m", pretrained, num_classes, return_postprocessor)
+
+
+def dfine_l(pretrained: bool = False, num_classes: int = 80, return_postprocessor: bool = False):
+    """D-FINE-L (HGNetv2-B4): 54.0 AP on COCO val2017 at 640 x 640 (official figure)."""
+    return _real_time("dfine_l", pretrained, num_classes, return_postprocessor)
+
+
+def dfine_x(pretrained: bool = False, num_classes: int = 80, return_postprocessor: bool = False):
+    """D-FINE-X (HGNetv2-B5): 55.8 AP on COCO val2017 at 640 x 640 (official figure)."""
+    return _real_time("dfine_x", pretrained, num_classes, return_postprocessor)
 
 
 __all__ = ["detr_resnet50", "detr_resnet50_dc5", "detr_resnet101", "detr_resnet101_dc5", "detr_resnet50_panoptic",
-           "detr_resnet50_dc5_panoptic", "detr_resnet101_panoptic", *PRESET_MODELS, *RTDETRV2_MODELS, "torch"]
+           "detr_resnet50_dc5_panoptic", "detr_resnet101_panoptic", *PRESET_MODELS, *RTDETRV2_MODELS,
+           *DFINE_MODELS, "torch"]

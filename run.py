@@ -4,6 +4,7 @@
 """
 import argparse
 import datetime
+import math
 import random
 import tempfile
 import time
@@ -23,16 +24,17 @@ from engine import Evaluation, finish_epoch, summary_line, train_one_epoch
 from models import architecture, build_model
 from models.attention_weights import set_need_weights
 from models.frozen_norm_folding import fold_frozen_batchnorm
+from models.param_groups import parse_group_pattern, pattern_param_groups
 from util import training_state
 from util.amp import Precision
 from util.best_checkpoint import BEST_NAME, BestCheckpoint, keep_best
-from util.checkpoint import remove_stale_temporaries, save_checkpoint
+from util.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from util.compile import compile_model
 from util.config import dump_config, is_plain
 from util.distributed import ProcessSetup, broadcast_object, init_distributed, is_main_process, local_rank_and_size
 from util.ema import ModelEMA
 from util.loss_log import NonFiniteLossError
-from util.optimizer import LinearWarmup, build_lr_scheduler, build_optimizer
+from util.optimizer import FlatCosineSchedule, LinearWarmup, build_lr_scheduler, build_optimizer, load_optimizer_state
 from util.provenance import git_sha
 from util.stop_signals import Stopped, StopSignals
 from util.train_step import TrainStep
@@ -101,16 +103,18 @@ def prepare(args: argparse.Namespace) -> Session:
         model = compile_model(model, device)
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print("number of params:", n_parameters, flush=True)
-    optimizer = build_optimizer(architecture(args.meta_arch).param_groups(model_without_ddp, args), args.lr,
-                                args.weight_decay, args.sgd, "plain" if args.official_paths else "auto")
+    optimizer = build_optimizer(_param_groups(model_without_ddp, args), args.lr, args.weight_decay, args.sgd,
+                                "plain" if args.official_paths else "auto")
     lr_scheduler = build_lr_scheduler(optimizer, args.lr_drop, args.lr_drop_epochs)
-    warmup = LinearWarmup(optimizer, args.warmup_iters) if args.warmup_iters else None
     loaders = build_loaders(data.train, data.val, args.batch_size, args.num_workers, process.distributed,
                             process.world_size, skip_bad_images=args.skip_bad_images,
                             node_shards=(process.rank, local_size) if args.cache_mode else None,
                             pin_memory=device.type == "cuda" and not args.official_paths,
                             persistent_workers=not args.official_paths,
                             aspect_ratio_grouping=args.aspect_ratio_grouping)
+    warmup = _step_schedule(args, optimizer, loaders)
+    if args.lr_scheduler == "flat_cosine":  # the step schedule sets every rate; the epoch one is left without drops
+        lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[])
     evaluation_options = dict(batch_invariant=args.eval_batch_invariant, eval_backend=args.eval_backend,
                               confusion_threshold=args.confusion_threshold,
                               precision=precision,
@@ -245,6 +249,8 @@ def _train(s: Session, signals: StopSignals, progress: dict) -> dict:
         if s.process.distributed:
             s.loaders.train_sampler.set_epoch(epoch)
         s.data.set_epoch(epoch)
+        if args.ema_restart_decay is not None and epoch == args.stop_epoch:
+            _restart_from_best(s, epoch)
         try:
             train_stats = _train_epoch(s, epoch, stop_check, skipped, signals)
         except NonFiniteLossError as err:
@@ -353,6 +359,41 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
+
+
+def _param_groups(model: nn.Module, args: argparse.Namespace) -> list[dict]:
+    """The optimiser groups: ``--optimizer_groups``' name patterns where given, else the architecture's."""
+    if args.optimizer_groups:
+        return pattern_param_groups(model, [parse_group_pattern(text) for text in args.optimizer_groups],
+                                    args.lr_backbone, args.lr_attn)
+    return architecture(args.meta_arch).param_groups(model, args)
+
+
+def _step_schedule(args: argparse.Namespace, optimizer: torch.optim.Optimizer, loaders: Loaders):
+    """What sets the learning rates before each optimiser step: DEIM's flat-cosine schedule (``--lr_scheduler
+    flat_cosine``), the linear warm-up (``--warmup_iters``), or nothing (None)."""
+    if args.lr_scheduler == "flat_cosine" and loaders.train is not None:
+        steps_per_epoch = math.ceil(len(loaders.train) / args.accumulate_steps)
+        return FlatCosineSchedule(optimizer, steps_per_epoch, args.epochs, args.warmup_iters, args.flat_epoch,
+                                  args.no_aug_epoch, args.lr_gamma)
+    return LinearWarmup(optimizer, args.warmup_iters) if args.warmup_iters else None
+
+
+def _restart_from_best(s: Session, epoch: int) -> None:
+    """D-FINE's and DEIM's second stage (``--ema_restart_decay``): at ``--stop_epoch`` the run goes on from its best
+    checkpoint so far (model, moving average, optimiser) with the moving average's decay set anew."""
+    best = s.output_dir / BEST_NAME if s.output_dir is not None else None
+    if best is None or not best.is_file():
+        print(f"epoch {epoch}: no {BEST_NAME} to restart from; going on with the current weights", flush=True)
+    else:
+        checkpoint = load_checkpoint(str(best), flag="--ema_restart_decay")
+        s.model_without_ddp.load_state_dict(checkpoint["model"])
+        load_optimizer_state(s.optimizer, checkpoint["optimizer"])
+        if s.ema is not None and not s.ema.load(checkpoint):
+            s.ema.module.load_state_dict(checkpoint["model"])
+        print(f"epoch {epoch} (--stop_epoch): restarting from {best} (epoch {checkpoint['epoch']})", flush=True)
+    if s.ema is not None:
+        s.ema.decay = s.args.ema_restart_decay
 
 
 def _extra_state(s: Session) -> dict:

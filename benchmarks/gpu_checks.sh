@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_checks.sh
 # 1. the GPU tests (deformable attention against its CPU result), 2. AMP, compile and fused AdamW against fp32 eager
 # at R50 800 px, batch 4 (iterations/s, images/s, peak memory), 3. MSDeformAttn forward and backward at R50 sizes,
-# 4. one short training of the tiny models with --amp bf16 / fp16 / --compile / --ema on the GPU (finite losses).
+# 4. one short training of the tiny models with --amp bf16 / fp16 / --compile / --ema on the GPU (finite losses),
+# 5. per-image latency of the RT-DETRv2 and D-FINE presets at batch 1 (eager, compile, onnxruntime CUDA).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-outputs/gpu_checks}"
@@ -28,3 +29,6 @@ for flags in "--amp bf16" "--amp fp16" "--compile" "--ema 0.99" "--amp bf16 --co
       --output_dir "$out/train_$name" $flags > "$out/train_$name.log" 2>&1
   echo "train $flags rc=$? $(tail -n 1 "$out/train_$name.log")" | tee -a "$out/summary.txt"
 done
+$py -m benchmarks.latency --device cuda --runs 100 --warmup 20 --config configs/rtdetrv2_r18vd.yaml \
+    --config configs/rtdetrv2_r50vd.yaml --config configs/dfine_n.yaml --config configs/dfine_s.yaml \
+    > "$out/latency.log" 2>&1; echo "latency rc=$? $(tail -n 5 "$out/latency.log")" | tee -a "$out/summary.txt"

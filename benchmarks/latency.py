@@ -179,9 +179,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.record:
         command = "python -m benchmarks.latency " + " ".join(f"--config {p}" for p in args.config) + \
             f" --backends {' '.join(args.backends)} --runs {args.runs} --warmup {args.warmup} --threads {args.threads}"
-        block = (f"{BEGIN}\nMeasured {time.strftime('%Y-%m-%d')} on {hardware(device)}, batch 1, "
-                 f"{args.threads} threads, {args.runs} runs after {args.warmup} warm-up runs, backends alternating "
-                 f"run by run; random weights, deploy form. Command: `{command}`\n\n{text}\n{END}")
+        block = (f"{BEGIN}\nMeasured {time.strftime('%Y-%m-%d')} on {hardware(device)}, batch 1, {args.runs} runs "
+                 f"after {args.warmup} warm-up runs, backends alternating run by run; random weights, deploy form. "
+                 f"Command: `{command}`\n\n{text}\n{END}")
         write_section(block, BEGIN, END, "Latency at batch 1 (benchmarks/latency.py)")
     return results
 

@@ -37,6 +37,22 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        help="rtdetr pipeline: square sizes (pixels) that training batches are resized to, one drawn "
                             "per batch (default: RT-DETR's "
                             f"{' '.join(str(s) for s in OFFICIAL_MULTISCALE_SIZES)}; no values: no multi-scale)")
+    group.add_argument("--policy_epoch", default=None, type=int, nargs=3, metavar=("START", "MOSAIC_STOP", "STOP"),
+                       help="rtdetr pipeline, DEIM's data schedule (its policy.epoch; DEIM: 4 29 50 for 58 epochs): "
+                            "photometric distortion, zoom-out and IoU crop only from epoch START to STOP, Mosaic "
+                            "(--mosaic_prob) from START to MOSAIC_STOP; the multi-scale batches stop at STOP too "
+                            "(--stop_epoch, if given, must be STOP)")
+    group.add_argument("--mosaic_prob", default=None, type=float,
+                       help="rtdetr pipeline with --policy_epoch: probability per image of DEIM's Mosaic (with three "
+                            "other images of the dataset, shorter sides half --image_size, DEIM's 320 px at 640, then "
+                            "a random affine transform) from START to MOSAIC_STOP, zoom-out and IoU crop then left "
+                            "out (DEIM: 0.5; default: none)")
+    group.add_argument("--mixup_prob", default=None, type=float,
+                       help="rtdetr pipeline: probability per training batch of DEIM's MixUp (each image blended "
+                            "with the previous one of the batch, weights drawn from 0.45-0.55, keeping both images' "
+                            "objects) during --mixup_epochs (DEIM: 0.5; default: none)")
+    group.add_argument("--mixup_epochs", default=None, type=int, nargs=2, metavar=("START", "STOP"),
+                       help="the epochs [START, STOP) of --mixup_prob (DEIM: its --policy_epoch START and MOSAIC_STOP)")
     group.add_argument("--remap_mscoco_category", action="store_true",
                        help="train on labels 0..K-1 (the K categories in id order; COCO's 80 as RT-DETR) instead of "
                             "category ids; predictions are mapped back to category ids")
@@ -67,6 +83,7 @@ def check(args: argparse.Namespace) -> None:
     too_small = [size for size in args.multiscale_sizes or () if size < 1]
     if too_small:
         raise ValueError(f"--multiscale_sizes must be at least 1 pixel each, got {too_small[0]}")
+    _check_dense_o2o(args)
     _check_folders(args)
     if args.dataset_file == "coco_panoptic":
         for flag, used in (("--data_pipeline rtdetr", args.data_pipeline == "rtdetr"),
@@ -74,6 +91,37 @@ def check(args: argparse.Namespace) -> None:
             if used:
                 raise ValueError(f"{flag} is not supported with --dataset_file coco_panoptic (panoptic data keeps "
                                  f"DETR's pipeline and category ids)")
+
+
+def _check_dense_o2o(args: argparse.Namespace) -> None:
+    """DEIM's data-schedule flags: epochs in order, probabilities in [0, 1], each flag with those it needs."""
+    policy = args.policy_epoch
+    if policy is not None:
+        if min(policy) < 0 or sorted(policy) != list(policy):
+            raise ValueError(f"--policy_epoch must be epochs 0 <= START <= MOSAIC_STOP <= STOP, got "
+                             f"{' '.join(str(e) for e in policy)}")
+        if args.stop_epoch is not None and args.stop_epoch != policy[2]:
+            raise ValueError(f"--stop_epoch {args.stop_epoch} differs from the STOP of --policy_epoch "
+                             f"({policy[2]}): the strong augmentation and the multi-scale batches stop together "
+                             f"(leave --stop_epoch out, or give STOP)")
+    for flag in ("mosaic_prob", "mixup_prob"):
+        value = getattr(args, flag)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"--{flag} must be a probability in [0, 1], got {value}")
+    if args.mosaic_prob and policy is None:
+        raise ValueError("--mosaic_prob needs --policy_epoch START MOSAIC_STOP STOP: Mosaic runs from epoch START to "
+                         "MOSAIC_STOP (DEIM: --policy_epoch 4 29 50)")
+    if args.mixup_prob and args.mixup_epochs is None:
+        raise ValueError("--mixup_prob needs --mixup_epochs START STOP, the epochs it blends batches in (DEIM: 4 29)")
+    if args.mixup_epochs is not None:
+        if not args.mixup_prob:
+            raise ValueError("--mixup_epochs is read with --mixup_prob above 0 only")
+        if not 0 <= args.mixup_epochs[0] <= args.mixup_epochs[1]:
+            raise ValueError(f"--mixup_epochs must be epochs 0 <= START <= STOP, got "
+                             f"{' '.join(str(e) for e in args.mixup_epochs)}")
+        if getattr(args, "batch_size", 2) < 2:
+            raise ValueError("--mixup_prob blends the images of a batch with each other: --batch_size 1 has none "
+                             "to blend")
 
 
 def check_pipeline(args: argparse.Namespace, pipeline: str) -> None:

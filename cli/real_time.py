@@ -31,6 +31,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--depth_mult", default=1.0, type=float,
                        help="the fusion blocks have round(3 * depth_mult) RepVGG blocks")
     group.add_argument("--act", default="silu", choices=ACTIVATIONS, help="activation of the encoder's convolutions")
+    group.add_argument("--activation", default="relu", choices=ACTIVATIONS,
+                       help="activation of the decoder layers' feed-forward networks (and of D-FINE's location-quality "
+                            "heads); DEIM's configs: silu")
+    group.add_argument("--mlp_act", default="relu", choices=ACTIVATIONS,
+                       help="activation inside the decoder's MLP heads (query positions, encoder and decoder boxes); "
+                            "DEIM's configs: silu")
     group.add_argument("--pe_temperature", default=10000.0, type=float,
                        help="temperature of the encoder's 2-D sin-cos position table")
     group.add_argument("--num_points", default=[4, 4, 4], type=int, nargs="+",
@@ -55,6 +61,14 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vfl_alpha", default=0.75, type=float,
                        help="weight of the negatives in the varifocal loss")
     group.add_argument("--vfl_gamma", default=2.0, type=float, help="focusing exponent of the varifocal loss")
+    group.add_argument("--use_mal", action="store_true",
+                       help="DEIM: the matchability-aware loss (MAL) instead of the varifocal loss")
+    group.add_argument("--mal_alpha", default=None, type=float,
+                       help="DEIM: weight of the negatives in MAL (default: none, as DEIM's configs)")
+    group.add_argument("--mal_gamma", default=1.5, type=float, help="DEIM: focusing exponent of MAL")
+    group.add_argument("--ema_restart_decay", default=None, type=float,
+                       help="at --stop_epoch, restart from checkpoint_best.pth with this EMA decay (D-FINE's and "
+                            "DEIM's second stage; default: no restart)")
 
 
 def check(args: argparse.Namespace) -> None:
@@ -80,5 +94,11 @@ def check(args: argparse.Namespace) -> None:
     if args.num_denoising < 0 or args.box_noise_scale < 0 or not 0 <= args.label_noise_ratio <= 2:
         raise ValueError("--num_denoising and --box_noise_scale must not be negative and --label_noise_ratio must be "
                          "in [0, 2] (twice a probability)")
-    if args.vfl_alpha < 0 or args.vfl_gamma < 0:
-        raise ValueError("--vfl_alpha and --vfl_gamma must not be negative")
+    if args.vfl_alpha < 0 or args.vfl_gamma < 0 or args.mal_gamma < 0:
+        raise ValueError("--vfl_alpha, --vfl_gamma and --mal_gamma must not be negative")
+    if args.mal_alpha is not None and not args.use_mal:
+        raise ValueError("--mal_alpha goes with --use_mal")
+    if args.ema_restart_decay is not None:
+        if not 0 < args.ema_restart_decay < 1 or args.ema is None or args.stop_epoch is None:
+            raise ValueError("--ema_restart_decay must be a decay in (0, 1) and goes with --ema and --stop_epoch")
+

@@ -3,6 +3,12 @@ import argparse
 
 import torch
 
+from models.param_groups import parse_group_pattern
+from util.optimizer import LR_SCHEDULERS
+
+# DEIM's schedule flags: name -> default (read by --lr_scheduler flat_cosine only)
+FLAT_COSINE_DEFAULTS = {"flat_epoch": None, "no_aug_epoch": 0, "lr_gamma": 0.5}
+
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training")
@@ -17,11 +23,29 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        help="weight decay of the normalisation layers' parameters (default: --weight_decay)")
     group.add_argument("--weight_decay_bias", default=None, type=float,
                        help="weight decay of the other layers' biases (default: --weight_decay)")
+    group.add_argument("--optimizer_groups", default=None, nargs="+", metavar="'REGEX [lr=X] [weight_decay=Y]'",
+                       help="optimiser groups by state-dict name, as the official real-time configs' optimizer.params "
+                            "(each a regular expression with its options; lr=lr_backbone reads --lr_backbone; the "
+                            "parameters no pattern finds at --lr and --weight_decay); replaces the architecture's "
+                            "groups, the attention blocks' excepted")
     group.add_argument("--epochs", default=300, type=int)
     group.add_argument("--lr_drop", default=200, type=int, help="multiply the learning rates by 0.1 every N epochs")
     group.add_argument("--lr_drop_epochs", default=None, type=int, nargs="+",
                        help="multiply the learning rates by 0.1 at each of these epochs instead (Deformable DETR's "
                             "flag, which its official code never reads)")
+    group.add_argument("--lr_scheduler", default="step", choices=LR_SCHEDULERS,
+                       help="step: the rates x0.1 at --lr_drop or --lr_drop_epochs, per epoch; flat_cosine: DEIM's "
+                            "per-step schedule (its lrsheduler: flatcosine; util.optimizer.FlatCosineSchedule): a "
+                            "quadratic ramp over --warmup_iters steps, the full rates until --flat_epoch, a cosine "
+                            "decay to --lr_gamma times them, reached --no_aug_epoch epochs before the end")
+    group.add_argument("--flat_epoch", default=FLAT_COSINE_DEFAULTS["flat_epoch"], type=int,
+                       help="--lr_scheduler flat_cosine: the epoch the cosine decay starts at (DEIM: 4 + half the "
+                            "epochs, e.g. 29 of 58; at or beyond --epochs minus --no_aug_epoch: no decay)")
+    group.add_argument("--no_aug_epoch", default=FLAT_COSINE_DEFAULTS["no_aug_epoch"], type=int,
+                       help="--lr_scheduler flat_cosine: the last epochs, trained at the floor rate (DEIM: those from "
+                            "the STOP of --policy_epoch on, e.g. 8 of 58)")
+    group.add_argument("--lr_gamma", default=FLAT_COSINE_DEFAULTS["lr_gamma"], type=float,
+                       help="--lr_scheduler flat_cosine: the floor rate as a fraction of each group's rate (DEIM: 0.5)")
     group.add_argument("--warmup_iters", default=0, type=int,
                        help="linear learning-rate warm-up over the first N optimiser steps (lr x (step + 1) / N; "
                             "RT-DETRv2: 2000)")
@@ -96,5 +120,36 @@ def check(args: argparse.Namespace) -> None:
     for flag in ("weight_decay_norm", "weight_decay_bias"):
         if getattr(args, flag) is not None and getattr(args, flag) < 0:
             raise ValueError(f"--{flag} must not be negative, got {getattr(args, flag)}")
+    if args.optimizer_groups:
+        for text in args.optimizer_groups:
+            parse_group_pattern(text)
+        if args.weight_decay_norm is not None or args.weight_decay_bias is not None:
+            raise ValueError("--optimizer_groups gives every group's weight decay: drop --weight_decay_norm and "
+                             "--weight_decay_bias")
     if args.lr_drop_epochs and min(args.lr_drop_epochs) < 1:
         raise ValueError(f"--lr_drop_epochs must be epochs of 1 or more, got {args.lr_drop_epochs}")
+    _check_lr_scheduler(args)
+
+
+def _check_lr_scheduler(args: argparse.Namespace) -> None:
+    """Each schedule's flags with their schedule only; DEIM's values in range."""
+    if args.lr_scheduler not in LR_SCHEDULERS:
+        raise ValueError(f"--lr_scheduler must be one of {list(LR_SCHEDULERS)}, got {args.lr_scheduler!r}")
+    if args.lr_scheduler == "step":
+        for flag, default in FLAT_COSINE_DEFAULTS.items():
+            if getattr(args, flag) != default:
+                raise ValueError(f"--{flag} is read by --lr_scheduler flat_cosine only; this run's is step")
+        return
+    for flag, changed in (("--lr_drop", args.lr_drop != 200), ("--lr_drop_epochs", bool(args.lr_drop_epochs))):
+        if changed:
+            raise ValueError(f"{flag} is read by --lr_scheduler step only; flat_cosine decays by --flat_epoch, "
+                             f"--no_aug_epoch and --lr_gamma")
+    if args.flat_epoch is None:
+        raise ValueError("--lr_scheduler flat_cosine needs --flat_epoch, the epoch its cosine decay starts at (DEIM: "
+                         "4 + half the epochs)")
+    if args.flat_epoch < 0:
+        raise ValueError(f"--flat_epoch must be 0 or more, got {args.flat_epoch}")
+    if not 0 <= args.no_aug_epoch <= args.epochs:
+        raise ValueError(f"--no_aug_epoch must be 0 to --epochs ({args.epochs}), got {args.no_aug_epoch}")
+    if args.lr_gamma < 0:
+        raise ValueError(f"--lr_gamma must not be negative, got {args.lr_gamma}")

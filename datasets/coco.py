@@ -24,6 +24,7 @@ from pycocotools.coco import COCO
 import datasets.transforms as T
 from datasets.annotation_schema import check_instances
 from datasets.bad_images import SkippedImage
+from datasets.deim_transforms import DENSE_O2O_FLAGS, make_dense_o2o_pipeline
 from datasets.image_cache import ImageBytesCache
 from datasets.image_file import BadImageError, read_image
 from datasets.invalid_boxes import drop_invalid_boxes
@@ -157,6 +158,9 @@ class CocoDetection(torchvision.datasets.CocoDetection):
 
     ``annotations``: the content of the annotation file, already read (another layout converted in memory,
     ``datasets.layouts``); ``ann_file`` then only names the split's source in messages and is not read.
+
+    Transforms with an ``attach_dataset`` method (DEIM's Mosaic, ``datasets.deim_transforms``) are given the dataset
+    to draw other items from: :meth:`load_item` among :meth:`mosaic_indices`.
     """
 
     def __init__(self, img_folder: str | Path, ann_file: str | Path, transforms: Optional[Callable],
@@ -194,6 +198,10 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         self.prepare = ConvertCocoPolysToMask(return_masks, self.category_to_label())
         self.skip_bad_images = skip_bad_images
         self.cache = ImageBytesCache([self._path(i) for i in self.ids], *cache_share) if cache else None
+        self.cache_share = cache_share if cache else (0, 1)
+        attach = getattr(transforms, "attach_dataset", None)
+        if attach is not None:
+            attach(self)
         if self.cache is not None and is_main_process():
             print(f"--cache_mode: {len(self.cache)} of the {len(self.ids)} images of {img_folder} "
                   f"({self.cache.nbytes() / 2**20:.1f} MiB) in memory on this process", flush=True)
@@ -231,15 +239,26 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         info = self.coco.imgs[id]
         return read_image(self._path(id), id, self.ann_file, (info["width"], info["height"]), self.cache)
 
-    def __getitem__(self, idx: int) -> tuple[Any, dict] | SkippedImage:
+    def load_item(self, idx: int) -> tuple[PIL.Image.Image, dict]:
+        """Item ``idx`` before the transforms: the RGB image and its target (boxes absolute xyxy); BadImageError or
+        FileNotFoundError for an image that cannot be used."""
         image_id = self.ids[idx]
+        img = self._load_image(image_id)
+        return self.prepare(img, {"image_id": image_id, "annotations": self._load_target(image_id)})
+
+    def mosaic_indices(self) -> range:
+        """The indices a transform may draw other items from: all, or with ``cache`` this process's share (the
+        images it holds in memory)."""
+        local_rank, local_size = self.cache_share
+        return range(local_rank, len(self.ids), local_size)
+
+    def __getitem__(self, idx: int) -> tuple[Any, dict] | SkippedImage:
         try:
-            img = self._load_image(image_id)
+            img, target = self.load_item(idx)
         except (BadImageError, FileNotFoundError) as exc:
             if not self.skip_bad_images:
                 raise
-            return SkippedImage(image_id, str(exc))
-        img, target = self.prepare(img, {"image_id": image_id, "annotations": self._load_target(image_id)})
+            return SkippedImage(self.ids[idx], str(exc))
         if self._transforms is not None:
             img, target = self._transforms(img, target)
         return img, target
@@ -304,12 +323,14 @@ class RTDETRImageTransform:
 
 
 def check_pipeline_flags(pipeline: str, args) -> None:
-    """Raise ValueError naming a flag that ``pipeline`` ('detr' or 'rtdetr') would not read: ``--stop_epoch`` and
-    ``--multiscale_sizes`` belong to rtdetr, ``--no_multiscale`` to detr."""
+    """Raise ValueError naming a flag that ``pipeline`` ('detr' or 'rtdetr') would not read: ``--stop_epoch``,
+    ``--multiscale_sizes`` and DEIM's (``datasets.deim_transforms.DENSE_O2O_FLAGS``) belong to rtdetr,
+    ``--no_multiscale`` to detr."""
     if pipeline not in DATA_PIPELINES:
         raise ValueError(f"--data_pipeline must be one of {list(DATA_PIPELINES)}, got {pipeline!r}")
     if pipeline == "detr":
-        for flag, dest in (("--stop_epoch", "stop_epoch"), ("--multiscale_sizes", "multiscale_sizes")):
+        for flag, dest in (("--stop_epoch", "stop_epoch"), ("--multiscale_sizes", "multiscale_sizes"),
+                           *((f"--{dest}", dest) for dest in DENSE_O2O_FLAGS)):
             if getattr(args, dest, None) is not None:
                 raise ValueError(f"{flag} is read by --data_pipeline rtdetr only; this run's pipeline is detr")
     elif not getattr(args, "multiscale", True):
@@ -321,7 +342,9 @@ def make_pipeline(image_set: str, args) -> tuple[Callable, Optional[MultiScaleBa
     """The per-image transforms of ``image_set``, the per-batch transform (or None) and the epoch they read (or
     None) for ``args.data_pipeline`` (None or 'detr': DETR's recipe, ``make_coco_transforms``; 'rtdetr':
     ``datasets.rtdetr_transforms`` at ``args.image_size`` square, its augmentation and multi-scale batches (sizes
-    ``args.multiscale_sizes``, None: the official ones, empty: none) until epoch ``args.stop_epoch``)."""
+    ``args.multiscale_sizes``, None: the official ones, empty: none) until epoch ``args.stop_epoch``; with DEIM's
+    ``args.policy_epoch``, ``args.mosaic_prob``, ``args.mixup_prob``, ``args.mixup_epochs``: its data schedule,
+    ``datasets.deim_transforms``, the multi-scale batches then stopping at the policy's last epoch by default)."""
     pipeline = getattr(args, "data_pipeline", None) or "detr"
     check_pipeline_flags(pipeline, args)
     image_size = getattr(args, "image_size", 800)
@@ -331,9 +354,17 @@ def make_pipeline(image_set: str, args) -> tuple[Callable, Optional[MultiScaleBa
         return make_rtdetr_transforms(image_set, image_size), None, None
     epoch = SharedEpoch()
     stop_epoch = getattr(args, "stop_epoch", None)
+    policy_epoch = getattr(args, "policy_epoch", None)
+    if stop_epoch is None and policy_epoch is not None:
+        stop_epoch = policy_epoch[-1]
     sizes = getattr(args, "multiscale_sizes", None)
     sizes = OFFICIAL_MULTISCALE_SIZES if sizes is None else sizes
     batch_transform = MultiScaleBatchResize(sizes, stop_epoch, epoch) if sizes else None
+    if any(getattr(args, dest, None) is not None for dest in DENSE_O2O_FLAGS):
+        return make_dense_o2o_pipeline(image_size, epoch, stop_epoch, batch_transform, policy_epoch=policy_epoch,
+                                       mosaic_prob=getattr(args, "mosaic_prob", None) or 0.0,
+                                       mixup_prob=getattr(args, "mixup_prob", None) or 0.0,
+                                       mixup_epochs=getattr(args, "mixup_epochs", None))
     return make_rtdetr_transforms(image_set, image_size, stop_epoch, epoch), batch_transform, epoch
 
 

@@ -8,14 +8,14 @@ import argparse
 
 from torch import nn
 
-from models import deformable_detr, detr, dino, rtdetrv2
+from models import deformable_detr, detr, dfine, dino, rtdetrv2
 from models.postprocess import with_category_ids
 from models.registry import Architecture
 from util.coco_categories import COCO_80_CATEGORY_IDS
 
 ARCHITECTURES: dict[str, Architecture] = {
     arch.name: arch for arch in (detr.ARCHITECTURE, deformable_detr.ARCHITECTURE, dino.ARCHITECTURE,
-                                 rtdetrv2.ARCHITECTURE)}
+                                 rtdetrv2.ARCHITECTURE, dfine.ARCHITECTURE)}
 
 # the classifier sizes of the official checkpoints, for a model built without an annotation file at hand (the
 # official builders: 91 for COCO, 250 for COCO panoptic, 20 otherwise)

@@ -1,5 +1,6 @@
 """The feed-forward activations of the family's transformers, by name: DETR's and Deformable DETR's ``relu``,
-``gelu`` and ``glu``; DINO's ``--transformer_activation`` adds ``selu`` and ``prelu``."""
+``gelu`` and ``glu``; DINO's ``--transformer_activation`` adds ``selu`` and ``prelu``. The real-time detectors'
+(RT-DETRv2, D-FINE, DEIM: ``act``, ``enc_act``, ``activation``, ``mlp_act``) are modules, :func:`activation_layer`."""
 from collections.abc import Callable
 
 import torch.nn.functional as F
@@ -18,3 +19,22 @@ def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
     if name not in functions:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
     return functions[name]
+
+
+ACTIVATION_MODULES: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "silu": lambda: nn.SiLU(inplace=True),
+    "swish": lambda: nn.SiLU(inplace=True),
+    "leaky_relu": lambda: nn.LeakyReLU(inplace=True),
+    "gelu": nn.GELU,
+    "hardsigmoid": lambda: nn.Hardsigmoid(inplace=True),
+}
+
+
+def activation_layer(name: str | None) -> nn.Module:
+    """A fresh activation module by name (the official choices, in place where possible); None: identity."""
+    if name is None:
+        return nn.Identity()
+    if name.lower() not in ACTIVATION_MODULES:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATION_MODULES)} or None, got {name!r}")
+    return ACTIVATION_MODULES[name.lower()]()

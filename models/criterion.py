@@ -1,15 +1,23 @@
 """DETR's set-prediction loss: match predictions to targets one-to-one, then supervise the matched pairs."""
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.layers.denoising import contrastive_denoising_indices
-from models.losses import accuracy, dice_loss, sigmoid_focal_loss, varifocal_loss
+from models.layers.fdr import box_edge_distances
+from models.losses import (
+    accuracy,
+    dice_loss,
+    matchability_aware_loss,
+    sigmoid_focal_loss,
+    unimodal_distribution_focal_loss,
+    varifocal_loss,
+)
 from models.query_groups import QueryGroups
-from util.box_ops import box_cxcywh_to_xyxy, box_iou, paired_generalized_box_iou
+from util.box_ops import box_cxcywh_to_xyxy, box_iou, paired_generalized_box_iou, sized_box_corners
 from util.distributed import get_world_size, is_dist_avail_and_initialized
 
 
@@ -25,9 +33,12 @@ class SetCriterion(nn.Module):
 
     ``query_groups`` (Group DETR) decides how predictions are matched; None is plain DETR. ``giou_eps`` is added
     to the GIoU's denominators (DINO: 1e-6); ``log_box_parts`` adds the logged L1 of centres (``loss_xy``) and
-    sizes (``loss_hw``). Subclasses (the other architectures) replace single losses (``loss_labels``) or add
-    intermediate outputs through ``layer_losses``.
+    sizes (``loss_hw``). Subclasses (the other architectures) replace single losses (``loss_labels``), the boxes'
+    corners that IoU and GIoU see (:meth:`box_corners`) or add intermediate outputs through ``layer_losses``.
     """
+
+    # (cx, cy, w, h) [..., 4] -> (x0, y0, x1, y1), for IoU and GIoU
+    box_corners = staticmethod(box_cxcywh_to_xyxy)
 
     def __init__(self, num_classes: int, matcher: nn.Module, weight_dict: dict, eos_coef: float | None,
                  losses: list[str], query_groups: QueryGroups | None = None, giou_eps: float = 0.0,
@@ -85,7 +96,7 @@ class SetCriterion(nn.Module):
         src_boxes = outputs["pred_boxes"][idx]
         target_boxes = torch.cat([t["boxes"][i] for t, (_, i) in zip(targets, indices)], dim=0)
         loss_bbox = F.l1_loss(src_boxes, target_boxes, reduction="none")
-        loss_giou = 1 - paired_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes),
+        loss_giou = 1 - paired_generalized_box_iou(self.box_corners(src_boxes), self.box_corners(target_boxes),
                                                    eps=self.giou_eps)
         losses = {"loss_bbox": loss_bbox.sum() / num_boxes, "loss_giou": loss_giou.sum() / num_boxes}
         if self.log_box_parts:
@@ -217,6 +228,27 @@ def _pad_to(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2]))
 
 
+def matched_class_iou(outputs: dict, targets: list[dict], indices: list, num_classes: int,
+                      box_corners: Callable[[torch.Tensor], torch.Tensor] = box_cxcywh_to_xyxy
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The IoU-aware classification targets of ``pred_logits`` ``[B, Q, K]`` (K = ``num_classes``): ``iou_score``
+    ``[B, Q, K]``, the IoU (no gradient) of each matched query's box with its target's at the target's class, 0
+    elsewhere, and ``positive`` ``[B, Q, K]``, the one-hot matched class (int64, all 0 for unmatched queries). What
+    the varifocal and matchability-aware losses read (``indices``: per image (query, target) indices; ``box_corners``:
+    cxcywh -> xyxy for the IoU)."""
+    idx = SetCriterion._get_src_permutation_idx(indices)
+    src_boxes = outputs["pred_boxes"][idx]
+    target_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)], dim=0)
+    ious = box_iou(box_corners(src_boxes), box_corners(target_boxes))[0].diagonal().detach()
+    logits = outputs["pred_logits"]
+    target_classes = torch.full(logits.shape[:2], num_classes, dtype=torch.int64, device=logits.device)
+    target_classes[idx] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+    positive = F.one_hot(target_classes, num_classes=num_classes + 1)[..., :-1]
+    score = torch.zeros_like(target_classes, dtype=logits.dtype)
+    score[idx] = ious.to(score.dtype)
+    return score.unsqueeze(-1) * positive, positive
+
+
 class VarifocalSetCriterion(SetCriterion):
     """RT-DETRv2's loss (official ``RTDETRCriterionv2``): the varifocal loss and the box losses of the last decoder
     layer, of every earlier layer (``aux_outputs``, each matched on its own unless ``share_matched_indices``), of
@@ -239,7 +271,10 @@ class VarifocalSetCriterion(SetCriterion):
     too (the official matches them with the real classes, which fails for any class but 0).
     """
 
-    LOSS_TERMS = {"vfl": ("loss_vfl",), "boxes": ("loss_bbox", "loss_giou")}
+    LOSS_TERMS = {"vfl": ("loss_vfl",), "boxes": ("loss_bbox", "loss_giou")}  # name in ``losses`` -> its terms
+    # the classification losses: name -> method(outputs, targets, indices, num_boxes, num_classes); the other losses
+    # are SetCriterion's (:meth:`get_loss`). A subclass adds its own (MAL) by extending both tables.
+    CLASSIFICATION_LOSSES = {"vfl": "loss_vfl"}
 
     def __init__(self, matcher: nn.Module, loss_weights: dict[str, float], losses: Sequence[str] = ("vfl", "boxes"),
                  alpha: float = 0.2, gamma: float = 2.0, num_classes: int = 80, *, num_decoder_layers: int = 6,
@@ -271,30 +306,31 @@ class VarifocalSetCriterion(SetCriterion):
         """``loss_vfl`` of ``pred_logits`` ``[B, Q, K]``: the matched queries' target is the IoU of their box with
         the target's at the target's class (``num_classes``: K, default ``self.num_classes``)."""
         num_classes = self.num_classes if num_classes is None else num_classes
-        idx = self._get_src_permutation_idx(indices)
-        src_boxes = outputs["pred_boxes"][idx]
-        target_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)], dim=0)
-        ious = box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes))[0].diagonal().detach()
-        logits = outputs["pred_logits"]
-        target_classes = torch.full(logits.shape[:2], num_classes, dtype=torch.int64, device=logits.device)
-        target_classes[idx] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
-        positive = F.one_hot(target_classes, num_classes=num_classes + 1)[..., :-1]
-        score = torch.zeros_like(target_classes, dtype=logits.dtype)
-        score[idx] = ious.to(score.dtype)
-        target_score = score.unsqueeze(-1) * positive
-        return {"loss_vfl": varifocal_loss(logits, target_score, positive, num_boxes, self.alpha, self.gamma)}
+        target_score, positive = matched_class_iou(outputs, targets, indices, num_classes, self.box_corners)
+        return {"loss_vfl": varifocal_loss(outputs["pred_logits"], target_score, positive, num_boxes, self.alpha,
+                                           self.gamma)}
+
+    def loss_terms(self, loss: str, outputs: dict, targets: list[dict], indices: list, num_boxes: float,
+                   num_classes: int | None = None) -> dict:
+        """The unweighted terms of the loss ``loss`` (a name of ``losses``) of one prediction: a classification
+        loss (:attr:`CLASSIFICATION_LOSSES`) with ``num_classes`` (K, default ``self.num_classes``), else
+        :meth:`get_loss`'s."""
+        if loss in self.CLASSIFICATION_LOSSES:
+            return getattr(self, self.CLASSIFICATION_LOSSES[loss])(outputs, targets, indices, num_boxes, num_classes)
+        return self.get_loss(loss, outputs, targets, indices, num_boxes)
+
+    def weighted(self, terms: dict, suffix: str) -> dict:
+        """Each term times its weight in ``loss_weights`` (a term without a weight is left out), names followed by
+        ``suffix``."""
+        return {f"{k}{suffix}": value * self.loss_weights[k] for k, value in terms.items() if k in self.loss_weights}
 
     def weighted_losses(self, outputs: dict, targets: list[dict], indices: list, num_boxes: float, suffix: str = "",
                         num_classes: int | None = None) -> dict:
         """The weighted terms of one prediction (``pred_logits``, ``pred_boxes``), names followed by ``suffix``."""
         losses = {}
         for loss in self.losses:
-            if loss == "vfl":
-                terms = self.loss_vfl(outputs, targets, indices, num_boxes, num_classes)
-            else:
-                terms = self.loss_boxes(outputs, targets, indices, num_boxes)
-            losses.update({f"{k}{suffix}": value * self.loss_weights[k] for k, value in terms.items()
-                           if k in self.loss_weights})
+            losses.update(self.weighted(self.loss_terms(loss, outputs, targets, indices, num_boxes, num_classes),
+                                        suffix))
         return losses
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict:
@@ -327,3 +363,243 @@ class VarifocalSetCriterion(SetCriterion):
             raise ValueError(f"VarifocalSetCriterion: {unnamed} are not in weight_dict: the outputs hold more "
                              f"than num_decoder_layers ({self.num_decoder_layers}), aux_loss or num_denoising said")
         return losses
+
+
+class MatchabilityAwareSetCriterion(VarifocalSetCriterion):
+    """RT-DETRv2's loss with DEIM's classification term (Huang et al., CVPR 2025, arXiv:2412.04234; the official
+    ``DEIMCriterion`` as DEIM's RT-DETRv2 configs set it, ``use_uni_set: False``): ``losses`` may name ``mal`` ->
+    ``loss_mal`` (:func:`models.losses.matchability_aware_loss` with ``gamma`` and ``mal_alpha``) in place of
+    ``vfl``, which the official selects the same way, by its ``losses`` list. Everything else is
+    :class:`VarifocalSetCriterion`'s: matching per layer, denoising and encoder terms, the weights in
+    ``loss_weights``, the names (``loss_mal``, ``loss_mal_aux_0``, ``loss_mal_dn_0``, ``loss_mal_enc_0`` ...).
+
+    As in the official, one ``gamma`` serves VFL and MAL (DEIM's configs: ``losses ['mal', 'boxes']``, ``gamma``
+    1.5, ``mal_alpha`` None, weights ``loss_mal`` 1, ``loss_bbox`` 5, ``loss_giou`` 2); ``mal_alpha`` None weighs
+    the negatives by ``sigmoid(logit) ** gamma`` alone. The official's last step, replacing NaN terms by 0, is left
+    out: a NaN loss stops the run here (util/train_step.py) instead of training on silently.
+    """
+
+    LOSS_TERMS = {**VarifocalSetCriterion.LOSS_TERMS, "mal": ("loss_mal",)}
+    CLASSIFICATION_LOSSES = {**VarifocalSetCriterion.CLASSIFICATION_LOSSES, "mal": "loss_mal"}
+
+    def __init__(self, matcher: nn.Module, loss_weights: dict[str, float], losses: Sequence[str] = ("mal", "boxes"),
+                 alpha: float = 0.2, gamma: float = 2.0, num_classes: int = 80, *, mal_alpha: float | None = None,
+                 num_decoder_layers: int = 6, aux_loss: bool = True, num_denoising: int = 100,
+                 share_matched_indices: bool = False):
+        if "mal" in losses and "vfl" in losses:
+            raise ValueError(f"{type(self).__name__}: losses name both 'mal' and 'vfl'; choose one "
+                             "classification loss")
+        super().__init__(matcher, loss_weights, losses, alpha, gamma, num_classes,
+                         num_decoder_layers=num_decoder_layers, aux_loss=aux_loss, num_denoising=num_denoising,
+                         share_matched_indices=share_matched_indices)
+        self.mal_alpha = mal_alpha
+
+    def loss_mal(self, outputs: dict, targets: list[dict], indices: list, num_boxes: float,
+                 num_classes: int | None = None) -> dict:
+        """``loss_mal`` of ``pred_logits`` ``[B, Q, K]`` (``num_classes``: K, default ``self.num_classes``)."""
+        num_classes = self.num_classes if num_classes is None else num_classes
+        iou_score, positive = matched_class_iou(outputs, targets, indices, num_classes, self.box_corners)
+        alpha = 1.0 if self.mal_alpha is None else self.mal_alpha
+        return {"loss_mal": matchability_aware_loss(outputs["pred_logits"], iou_score, positive, num_boxes,
+                                                    self.gamma, alpha)}
+
+
+def union_of_matches(indices: list, other_indices: list[list]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """D-FINE's "go" indices (official ``_get_go_indices``): per image, every (query, target) pair matched by
+    ``indices`` or by any of ``other_indices`` (per image (query, target) index pairs each), a query kept once,
+    with the target it was matched to most often (ties: the order of ``torch.argsort`` over the pairs in increasing
+    (query, target) order, as official). Queries in decreasing order of that count, int64."""
+    union = []
+    for image, (queries, matched) in enumerate(indices):
+        pairs = torch.stack([torch.cat([queries, *(other[image][0] for other in other_indices)]),
+                             torch.cat([matched, *(other[image][1] for other in other_indices)])], dim=1)
+        unique, counts = torch.unique(pairs, return_counts=True, dim=0)
+        target_of: dict[int, int] = {}
+        for query, target in unique[torch.argsort(counts, descending=True)].tolist():
+            target_of.setdefault(query, target)
+        union.append((torch.tensor(list(target_of), device=pairs.device).long(),
+                      torch.tensor(list(target_of.values()), device=pairs.device).long()))
+    return union
+
+
+class DFINECriterion(MatchabilityAwareSetCriterion):
+    """D-FINE's loss (official ``DFINECriterion``, Peterande/D-FINE; Peng et al., ICLR 2025, arXiv:2410.13842).
+
+    Terms (``losses`` picks among them): ``vfl`` -> ``loss_vfl`` (the varifocal loss; target score the matched IoU)
+    or, as DEIM's D-FINE, ``mal`` -> ``loss_mal`` (:class:`MatchabilityAwareSetCriterion`'s, with ``mal_alpha``);
+    ``boxes`` -> ``loss_bbox`` (L1), ``loss_giou`` (1 - GIoU); ``local`` -> ``loss_fgl`` (fine-grained
+    localisation: :func:`models.losses.unimodal_distribution_focal_loss` of the edge logits ``pred_corners`` towards
+    the two bins around each target edge (:func:`models.losses.box_edge_distances` from the detached reference
+    ``ref_points``), weighted by the matched IoU) and ``loss_ddf`` (decoupled distillation focal: the
+    KL divergence, at temperature ``distillation_temperature``, of every query's edge distributions from the last
+    layer's, ``teacher_corners``, weighted by the matched IoU on matched queries and by the teacher's best class
+    probability on the others, the two means mixed in proportion to the square roots of their counts; 0 for the
+    last layer itself).
+
+    Matching: each output is matched on its own (``vfl``), but the box and local terms of the decoder layers, the
+    first layer's RT-DETR box (``pre_outputs``) and the encoder's selection use the union of all these matches
+    (:func:`union_of_matches`), normalised by its size (averaged over processes); denoising outputs are paired by
+    construction and normalised by the number of targets times the groups (1 for a batch without targets).
+    Names: ``loss_vfl``, ``loss_bbox``, ``loss_giou``, ``loss_fgl`` of the last layer; ``..._aux_{i}`` (with
+    ``loss_ddf``) of the others; ``..._pre``; ``..._enc_0``; ``..._dn_{i}`` and ``..._dn_pre``. As official,
+    :meth:`forward` returns the terms multiplied by their weight in ``loss_weights`` (the official configs:
+    ``{"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2, "loss_fgl": 0.15, "loss_ddf": 1.5}``, alpha 0.75, gamma 2),
+    every term with NaN replaced by 0 (the official last step: the VFL of a batch without targets averages over no
+    denoising query), and ``weight_dict`` maps every name it can return to 1.0.
+
+    D-FINE's boxes can turn inside out: IoU and GIoU see them with negative sizes taken as 0
+    (:func:`~util.box_ops.sized_box_corners`, the official conversion; :attr:`box_corners`); the matcher must do
+    the same (:class:`~models.matcher.DFINEHungarianMatcher`). With a class-agnostic encoder head its terms treat
+    every target as class 0 of one class, in the matching too (the official matches them with the real classes,
+    which fails for any class but 0).
+    DEIM's ``DEIMCriterion`` for D-FINE is this criterion with ``mal`` and ``teacher_self_term`` False (it returns
+    no ``loss_ddf`` for the last denoising layer, its own teacher; D-FINE's returns 0).
+    Not implemented: ``boxes_weight_format`` and the ``focal`` loss (no official D-FINE config uses them).
+    """
+
+    LOSS_TERMS = {**MatchabilityAwareSetCriterion.LOSS_TERMS, "local": ("loss_fgl", "loss_ddf")}
+    box_corners = staticmethod(sized_box_corners)
+
+    def __init__(self, matcher: nn.Module, loss_weights: dict[str, float],
+                 losses: Sequence[str] = ("vfl", "boxes", "local"), alpha: float = 0.2, gamma: float = 2.0,
+                 num_classes: int = 80, reg_max: int = 32, *, num_decoder_layers: int = 6, aux_loss: bool = True,
+                 num_denoising: int = 100, distillation_temperature: float = 5.0, mal_alpha: float | None = None,
+                 teacher_self_term: bool = True):
+        super().__init__(matcher, loss_weights, losses, alpha, gamma, num_classes, mal_alpha=mal_alpha,
+                         num_decoder_layers=num_decoder_layers, aux_loss=aux_loss, num_denoising=num_denoising)
+        self.teacher_self_term = teacher_self_term
+        self.reg_max = reg_max
+        self.distillation_temperature = distillation_temperature
+        weighted = [name for loss in losses for name in self.LOSS_TERMS[loss] if name in loss_weights]
+        last = [name for name in weighted if name != "loss_ddf"]
+        first = [name for name in weighted if name not in ("loss_fgl", "loss_ddf")]
+        names = [*last]
+        if aux_loss:
+            names += [f"{name}_aux_{i}" for i in range(num_decoder_layers - 1) for name in weighted]
+            names += [f"{name}{suffix}" for suffix in ("_pre", "_enc_0") for name in first]
+            if num_denoising > 0:
+                names += [f"{name}_dn_{i}" for i in range(num_decoder_layers) for name in weighted]
+                names += [f"{name}_dn_pre" for name in first]
+        self.weight_dict = dict.fromkeys(names, 1.0)
+
+    def loss_local(self, outputs: dict, targets: list[dict], indices: list, num_boxes: float, up: torch.Tensor,
+                   reg_scale: torch.Tensor, balance: list) -> dict:
+        """``loss_fgl`` and, with ``teacher_corners``, ``loss_ddf`` of an output with ``pred_corners`` ``[B, Q, 4
+        (reg_max + 1)]`` and ``ref_points`` ``[B, Q, 4]`` (none without them). ``balance`` holds the DDF's
+        (positive, negative) count weights: set from the matching outputs, reused for the denoising ones (as
+        official: they are the last computed)."""
+        if "pred_corners" not in outputs:
+            return {}
+        idx = self._get_src_permutation_idx(indices)
+        target_boxes = torch.cat([t["boxes"][i] for t, (_, i) in zip(targets, indices)], dim=0)
+        corners = outputs["pred_corners"][idx].reshape(-1, self.reg_max + 1)
+        with torch.no_grad():
+            bins, weight_right, weight_left = box_edge_distances(
+                outputs["ref_points"][idx].detach(), self.box_corners(target_boxes), self.reg_max, reg_scale, up)
+        ious = box_iou(self.box_corners(outputs["pred_boxes"][idx]), self.box_corners(target_boxes))[0].diagonal()
+        weight = ious.unsqueeze(-1).repeat(1, 1, 4).reshape(-1).detach()
+        losses = {"loss_fgl": unimodal_distribution_focal_loss(corners, bins, weight_right, weight_left, weight,
+                                                               avg_factor=num_boxes)}
+        if "teacher_corners" in outputs:
+            distillation = self.distillation_loss(outputs, idx, ious, balance)
+            if distillation is not None:
+                losses["loss_ddf"] = distillation
+        return losses
+
+    def distillation_loss(self, outputs: dict, idx: tuple[torch.Tensor, torch.Tensor], ious: torch.Tensor,
+                          balance: list) -> torch.Tensor | None:
+        """DDF of ``pred_corners`` against ``teacher_corners`` (both ``[B, Q, 4 (reg_max + 1)]``); ``idx`` the
+        matched queries and ``ious`` their IoU; ``balance`` as in :meth:`loss_local` (set unless the output is a
+        denoising one). For the teacher itself (the last denoising layer) a zero term, or None (no term) without
+        ``teacher_self_term``, as DEIM's criterion."""
+        corners = outputs["pred_corners"].reshape(-1, self.reg_max + 1)
+        teacher = outputs["teacher_corners"].reshape(-1, self.reg_max + 1)
+        if torch.equal(corners, teacher):
+            return corners.sum() * 0 if self.teacher_self_term else None
+        temperature = self.distillation_temperature
+        weight = outputs["teacher_logits"].sigmoid().max(dim=-1)[0]
+        matched = torch.zeros_like(weight, dtype=torch.bool)
+        matched[idx] = True
+        matched = matched.unsqueeze(-1).repeat(1, 1, 4).reshape(-1)
+        weight[idx] = ious.reshape_as(weight[idx]).to(weight.dtype)
+        weight = weight.unsqueeze(-1).repeat(1, 1, 4).reshape(-1).detach()
+        divergence = F.kl_div(F.log_softmax(corners / temperature, dim=1),
+                              F.softmax(teacher.detach() / temperature, dim=1), reduction="none").sum(-1)
+        loss = weight * (temperature ** 2) * divergence
+        if "is_dn" not in outputs:
+            batch_scale = 8 / outputs["pred_boxes"].shape[0]  # the official: as for 8 images per process
+            balance[:] = [(matched.sum() * batch_scale) ** 0.5, ((~matched).sum() * batch_scale) ** 0.5]
+        positive, negative = balance
+        loss_positive = loss[matched].mean() if matched.any() else 0
+        loss_negative = loss[~matched].mean() if (~matched).any() else 0
+        return (loss_positive * positive + loss_negative * negative) / (positive + negative)
+
+    def output_losses(self, outputs: dict, targets: list[dict], class_indices: list, box_indices: list,
+                      num_boxes: float, num_box_matches: float, suffix: str, fdr: dict,
+                      num_classes: int | None = None) -> dict:
+        """The weighted terms of one output, names followed by ``suffix``: ``vfl`` with ``class_indices`` over
+        ``num_boxes``, ``boxes`` and ``local`` with ``box_indices`` over ``num_box_matches``; ``fdr``: ``up``,
+        ``reg_scale`` and the DDF ``balance``."""
+        terms = {}
+        for loss in self.losses:
+            if loss == "local":
+                terms.update(self.loss_local(outputs, targets, box_indices, num_box_matches, **fdr))
+            elif loss in self.CLASSIFICATION_LOSSES:
+                terms.update(self.loss_terms(loss, outputs, targets, class_indices, num_boxes, num_classes))
+            else:
+                terms.update(self.loss_terms(loss, outputs, targets, box_indices, num_box_matches))
+        return self.weighted(terms, suffix)
+
+    def num_matches(self, indices: list, device: torch.device) -> float:
+        """The number of matched pairs averaged over processes, at least 1 (a batch's own, also within
+        :meth:`normalised_over`)."""
+        count = torch.as_tensor([float(sum(len(queries) for queries, _ in indices))], device=device)
+        if is_dist_avail_and_initialized():
+            torch.distributed.all_reduce(count)
+        return torch.clamp(count / get_world_size(), min=1).item()
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict:
+        """outputs: DFINETransformer's training dict (or its evaluation dict: the classification and box terms of
+        the last layer); targets: per image ``labels`` ``[T_i]`` and ``boxes``
+        ``[T_i, 4]`` (normalised cxcywh). Returns the weighted terms by name."""
+        device = outputs["pred_logits"].device
+        # (evaluation outputs carry neither the distributions nor these: no local terms then)
+        fdr = {"up": outputs.get("up"), "reg_scale": outputs.get("reg_scale"), "balance": [None, None]}
+        indices = self.matcher(outputs, targets)
+        layer_indices = [self.matcher(layer, targets) for layer in outputs.get("aux_outputs", [])]
+        pre_indices = self.matcher(outputs["pre_outputs"], targets) if "pre_outputs" in outputs else None
+        enc_classes, enc_targets = None, targets
+        if outputs.get("enc_meta", {}).get("class_agnostic"):
+            enc_classes = 1
+            enc_targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
+        enc_indices = [self.matcher(enc, enc_targets) for enc in outputs.get("enc_aux_outputs", [])]
+        others = layer_indices + ([] if pre_indices is None else [pre_indices]) + enc_indices
+        go_indices = union_of_matches(indices, others)
+        num_boxes = self.num_boxes(targets, device)
+        num_go = self.num_matches(go_indices, device)
+
+        losses = self.output_losses(outputs, targets, indices, go_indices, num_boxes, num_go, "", fdr)
+        for i, (layer, layer_match) in enumerate(zip(outputs.get("aux_outputs", []), layer_indices)):
+            losses.update(self.output_losses(layer, targets, layer_match, go_indices, num_boxes, num_go,
+                                             f"_aux_{i}", fdr))
+        if pre_indices is not None:
+            losses.update(self.output_losses(outputs["pre_outputs"], targets, pre_indices, go_indices, num_boxes,
+                                             num_go, "_pre", fdr))
+        for i, (enc, enc_match) in enumerate(zip(outputs.get("enc_aux_outputs", []), enc_indices)):
+            losses.update(self.output_losses(enc, enc_targets, enc_match, go_indices, num_boxes, num_go,
+                                             f"_enc_{i}", fdr, enc_classes))
+        if "dn_outputs" in outputs:
+            dn_meta = outputs["dn_meta"]
+            dn_indices = contrastive_denoising_indices(dn_meta, targets)
+            dn_boxes = num_boxes * dn_meta["dn_num_group"] or 1
+            for i, dn in enumerate(outputs["dn_outputs"]):
+                losses.update(self.output_losses({**dn, "is_dn": True}, targets, dn_indices, dn_indices, dn_boxes,
+                                                 dn_boxes, f"_dn_{i}", fdr))
+            if "dn_pre_outputs" in outputs:
+                losses.update(self.output_losses(outputs["dn_pre_outputs"], targets, dn_indices, dn_indices,
+                                                 dn_boxes, dn_boxes, "_dn_pre", fdr))
+        unnamed = sorted(set(losses) - set(self.weight_dict))
+        if unnamed:
+            raise ValueError(f"DFINECriterion: {unnamed} are not in weight_dict: the outputs hold more than "
+                             f"num_decoder_layers ({self.num_decoder_layers}), aux_loss or num_denoising said")
+        return {name: torch.nan_to_num(loss, nan=0.0) for name, loss in losses.items()}

@@ -1,4 +1,6 @@
-"""Loss functions shared by the DETR family: focal and DICE losses on logits, top-k accuracy for logging."""
+"""Loss functions shared by the DETR family: focal and DICE losses on logits, top-k accuracy for logging, the varifocal
+and matchability-aware losses (RT-DETR, DEIM) and D-FINE's fine-grained localisation loss (its targets:
+models/layers/fdr.py)."""
 import torch
 import torch.nn.functional as F
 
@@ -51,3 +53,35 @@ def varifocal_loss(logits: torch.Tensor, target_score: torch.Tensor, positive: t
     weight = alpha * pred_score.pow(gamma) * (1 - positive) + target_score
     loss = F.binary_cross_entropy_with_logits(logits, target_score, weight=weight, reduction="none")
     return loss.mean(1).sum() * logits.shape[1] / num_boxes
+
+
+def matchability_aware_loss(logits: torch.Tensor, iou_score: torch.Tensor, positive: torch.Tensor, num_boxes: float,
+                            gamma: float = 1.5, alpha: float = 1.0) -> torch.Tensor:
+    """Matchability-aware loss (MAL; DEIM, Huang et al., CVPR 2025, arXiv:2412.04234) as the official DEIM code
+    computes it: binary cross-entropy of logits ``[B, Q, K]`` against ``iou_score ** gamma``, where ``iou_score``
+    ``[B, Q, K]`` is the IoU of a matched query's box with its target's at the target's class and 0 elsewhere. A
+    positive term (``positive``: one-hot ``[B, Q, K]`` of the matched class) has weight 1, every other
+    ``alpha * sigmoid(logit) ** gamma`` (no gradient; the official ``mal_alpha``, None there meaning 1). Mean over
+    queries, summed over images and classes, times Q, divided by ``num_boxes``.
+
+    Against the varifocal loss: the target is ``IoU ** gamma`` rather than the IoU, and positives weigh 1 rather
+    than their IoU, so a low-IoU match (frequent with the many matches of dense one-to-one training) still teaches
+    its class."""
+    pred_score = logits.sigmoid().detach()
+    weight = alpha * pred_score.pow(gamma) * (1 - positive) + positive
+    target = iou_score.pow(gamma)
+    loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
+    return loss.mean(1).sum() * logits.shape[1] / num_boxes
+
+
+def unimodal_distribution_focal_loss(logits: torch.Tensor, index: torch.Tensor, weight_right: torch.Tensor,
+                                     weight_left: torch.Tensor, weight: torch.Tensor, avg_factor: float
+                                     ) -> torch.Tensor:
+    """D-FINE's fine-grained localisation loss (FGL) of edge distributions ``logits`` ``[N, reg_max + 1]``: the
+    cross-entropy towards the left bin ``floor(index)`` times ``weight_left`` plus that towards the next bin times
+    ``weight_right`` (``[N]`` each; :func:`models.layers.fdr.box_edge_distances`), times ``weight`` ``[N]`` (taken in
+    float32, as official), summed and divided by ``avg_factor``."""
+    left_bin = index.long()
+    loss = (F.cross_entropy(logits, left_bin, reduction="none") * weight_left.reshape(-1)
+            + F.cross_entropy(logits, left_bin + 1, reduction="none") * weight_right.reshape(-1))
+    return (loss * weight.float()).sum() / avg_factor

@@ -3,18 +3,21 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou, sized_box_corners
 
 
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of targets to predictions minimising a weighted cost per image.
 
     cost = cost_class * (-p(target class)) + cost_bbox * L1(cxcywh) + cost_giou * (-GIoU), the GIoU with
-    ``giou_eps`` added to its denominators (DINO's 1e-6). There are more predictions than targets; unmatched
-    predictions are "no object".
+    ``giou_eps`` added to its denominators (DINO's 1e-6) and taken of the boxes' corners as :meth:`box_corners`
+    gives them. With ``nan_cost``, a NaN cost counts as that value (and an infinite one as the largest finite one,
+    ``torch.nan_to_num``), so that a diverging prediction is matched, badly, rather than stopping scipy. There are
+    more predictions than targets; unmatched predictions are "no object".
     """
 
-    def __init__(self, cost_class: float = 1, cost_bbox: float = 1, cost_giou: float = 1, giou_eps: float = 0.0):
+    def __init__(self, cost_class: float = 1, cost_bbox: float = 1, cost_giou: float = 1, giou_eps: float = 0.0,
+                 nan_cost: float | None = None):
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("HungarianMatcher: all costs are 0")
@@ -22,6 +25,13 @@ class HungarianMatcher(nn.Module):
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
         self.giou_eps = giou_eps
+        self.nan_cost = nan_cost
+
+    @staticmethod
+    def box_corners(boxes: torch.Tensor) -> torch.Tensor:
+        """(cx, cy, w, h) ``[..., 4]`` -> (x0, y0, x1, y1), for the GIoU cost. Architectures whose boxes can turn
+        inside out override this."""
+        return box_cxcywh_to_xyxy(boxes)
 
     def class_cost(self, logits: torch.Tensor, tgt_ids: torch.Tensor) -> torch.Tensor:
         """Classification cost ``[N, T]`` of logits ``[N, K+1]`` for target classes ``[T]``: minus the softmax
@@ -42,9 +52,11 @@ class HungarianMatcher(nn.Module):
 
         cost_class = self.class_cost(outputs["pred_logits"].flatten(0, 1), tgt_ids)
         cost_bbox = torch.cdist(out_bbox, tgt_bbox, p=1)
-        cost_giou = -self.pairwise_giou(box_cxcywh_to_xyxy(out_bbox), box_cxcywh_to_xyxy(tgt_bbox))
+        cost_giou = -self.pairwise_giou(self.box_corners(out_bbox), self.box_corners(tgt_bbox))
         cost = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
         cost = cost.view(bs, num_queries, -1).cpu()
+        if self.nan_cost is not None:
+            cost = torch.nan_to_num(cost, nan=self.nan_cost)
         if cost.dtype in (torch.float16, torch.bfloat16):  # scipy takes neither; float64 stays float64
             cost = cost.float()
         sizes = [len(v["boxes"]) for v in targets]
@@ -81,8 +93,9 @@ class FocalHungarianMatcher(HungarianMatcher):
     probability of logits ``[N, K]`` (no "no object" column)."""
 
     def __init__(self, cost_class: float = 1, cost_bbox: float = 1, cost_giou: float = 1, alpha: float = 0.25,
-                 gamma: float = 2.0, giou_eps: float = 0.0):
-        super().__init__(cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou, giou_eps=giou_eps)
+                 gamma: float = 2.0, giou_eps: float = 0.0, nan_cost: float | None = None):
+        super().__init__(cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou, giou_eps=giou_eps,
+                         nan_cost=nan_cost)
         self.alpha = alpha
         self.gamma = gamma
 
@@ -92,6 +105,22 @@ class FocalHungarianMatcher(HungarianMatcher):
         neg_cost = (1 - self.alpha) * (prob ** self.gamma) * (-(1 - prob + 1e-8).log())
         pos_cost = self.alpha * ((1 - prob) ** self.gamma) * (-(prob + 1e-8).log())
         return pos_cost[:, tgt_ids] - neg_cost[:, tgt_ids]
+
+
+class DFINEHungarianMatcher(FocalHungarianMatcher):
+    """D-FINE's matcher (Peterande/D-FINE ``src/zoo/dfine/matcher.py``; DEIM's too): the focal-cost matcher
+    (the official ``HungarianMatcher`` with ``use_focal_loss``), adapted to the refined boxes of the fine-grained
+    distribution refinement, which can turn inside out: the GIoU cost sees a box with negative width or height as
+    the point at its centre (sizes taken as 0, :func:`~util.box_ops.sized_box_corners`), and a NaN cost counts as
+    ``nan_cost`` (the official 1.0). Returns per image (query indices, target indices), int64 (the official: a
+    dict)."""
+
+    def __init__(self, cost_class: float = 1, cost_bbox: float = 1, cost_giou: float = 1, alpha: float = 0.25,
+                 gamma: float = 2.0, giou_eps: float = 0.0, nan_cost: float | None = 1.0):
+        super().__init__(cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou, alpha=alpha, gamma=gamma,
+                         giou_eps=giou_eps, nan_cost=nan_cost)
+
+    box_corners = staticmethod(sized_box_corners)
 
 
 def build_matcher(args) -> HungarianMatcher:

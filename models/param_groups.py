@@ -5,8 +5,14 @@ blocks (``lr_attn``; their scales, norms and biases, the parameters with at most
 and the rest (the optimiser's default lr). An architecture may give chosen modules a scaled learning rate
 (Deformable DETR's sampling-offset and reference-point projections), and normalisation and bias parameters their
 own weight decay (``--weight_decay_norm`` / ``--weight_decay_bias``, as RT-DETRv2's official groups do by name).
+
+The one exception: ``--optimizer_groups`` gives the groups as the official real-time configs do (their
+``optimizer.params``: regular expressions over state-dict names, each with its own lr and weight decay), so that an
+official recipe, quirks included, is reproduced as written; the attention blocks keep their own groups even then.
 """
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -80,3 +86,71 @@ def build_param_groups(model: nn.Module, lr_backbone: float, lr_attn: float | No
         groups += [{"params": [p for p in attn_params if p.ndim > 1], "lr": lr_attn},
                    {"params": [p for p in attn_params if p.ndim <= 1], "lr": lr_attn, "weight_decay": 0.0}]
     return split_weight_decay(groups, model, weight_decay_norm, weight_decay_bias)
+
+
+@dataclass(frozen=True)
+class GroupPattern:
+    """One ``--optimizer_groups`` entry: the parameters whose state-dict name ``pattern`` finds (``re.search``, as
+    the official ``re.findall``), with the options given (``lr``: a rate or ``"lr_backbone"``; ``weight_decay``)."""
+    pattern: str
+    lr: float | str | None = None
+    weight_decay: float | None = None
+
+
+def parse_group_pattern(text: str) -> GroupPattern:
+    """``"REGEX [lr=X|lr=lr_backbone] [weight_decay=Y]"`` -> GroupPattern; ValueError saying what is wrong."""
+    pattern, *options = text.split()
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"--optimizer_groups: {pattern!r} is not a regular expression ({exc})") from None
+    values = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key not in ("lr", "weight_decay") or not value or key in values:
+            raise ValueError(f"--optimizer_groups: {text!r}: options are lr=RATE (or lr=lr_backbone) and "
+                             f"weight_decay=VALUE, each at most once; got {option!r}")
+        if key == "lr" and value == "lr_backbone":
+            values[key] = value
+            continue
+        try:
+            values[key] = float(value)
+        except ValueError:
+            raise ValueError(f"--optimizer_groups: {text!r}: {key}={value!r} is not a number") from None
+        if values[key] < 0:
+            raise ValueError(f"--optimizer_groups: {text!r}: {key} must not be negative")
+    return GroupPattern(pattern, **values)
+
+
+def pattern_param_groups(model: nn.Module, patterns: Iterable[GroupPattern], lr_backbone: float,
+                         lr_attn: float | None = None) -> list[dict]:
+    """AdamW groups by name patterns: the attention blocks' two groups (as :func:`build_param_groups`) first, then one
+    group per pattern (in order; a parameter two patterns find is an error naming both), then the trainable
+    parameters no pattern finds, at the optimiser's defaults. Empty groups are kept."""
+    attn_params = [p for m in model.modules() if isinstance(m, MaskedAttention) for p in m.parameters()
+                   if p.requires_grad]
+    attn_ids = {id(p) for p in attn_params}
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad and id(p) not in attn_ids]
+    owner: dict[str, str] = {}
+    groups = []
+    for spec in patterns:
+        params = []
+        for name, p in named:
+            if re.search(spec.pattern, name):
+                if name in owner:
+                    raise ValueError(f"--optimizer_groups: parameter {name} is found by both {owner[name]!r} and "
+                                     f"{spec.pattern!r}")
+                owner[name] = spec.pattern
+                params.append(p)
+        group = {"params": params}
+        if spec.lr is not None:
+            group["lr"] = lr_backbone if spec.lr == "lr_backbone" else spec.lr
+        if spec.weight_decay is not None:
+            group["weight_decay"] = spec.weight_decay
+        groups.append(group)
+    groups.append({"params": [p for name, p in named if name not in owner]})
+    if attn_params:
+        lr_attn = lr_backbone if lr_attn is None else lr_attn
+        groups = [{"params": [p for p in attn_params if p.ndim > 1], "lr": lr_attn},
+                  {"params": [p for p in attn_params if p.ndim <= 1], "lr": lr_attn, "weight_decay": 0.0}, *groups]
+    return groups

@@ -75,6 +75,10 @@ TINY_ARCHITECTURE_FLAGS = {
                  "--enc_dim_feedforward", "64", "--num_feature_levels", "3", "--num_points", "2", "2", "2",
                  "--num_denoising", "6", "--num_top_queries", "20", "--eval_spatial_size", "64", "64",
                  "--multiscale_sizes"],
+    "dfine": ["--hgnetv2_name", "B0", "--use_lab", "--freeze_at", "-1", "--no_freeze_norm", "--enc_hidden_dim", "32",
+              "--enc_dim_feedforward", "64", "--num_feature_levels", "3", "--num_points", "2", "2", "2",
+              "--num_denoising", "6", "--num_top_queries", "20", "--eval_spatial_size", "64", "64", "--reg_max", "8",
+              "--multiscale_sizes"],
 }
 
 

@@ -23,7 +23,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # per-architecture variants whose extra heads the fp32-heads test must also see
 HEAD_VARIANTS = {"deformable_detr": ["--with_box_refine", "--two_stage"]}
 # what the class and box heads' module names contain (the official names), where not class_embed / bbox_embed
-HEAD_NAMES = {"rtdetrv2": ("score_head", "bbox_head")}
+HEAD_NAMES = {"rtdetrv2": ("score_head", "bbox_head"), "dfine": ("score_head", "bbox_head", "reg_conf")}
 
 
 def _build(meta_arch: str, *flags):

@@ -16,36 +16,24 @@ from models.criterion import VarifocalSetCriterion
 from models.layers.box_encoding import inverse_sigmoid
 from models.layers.denoising import contrastive_denoising_group, contrastive_denoising_indices
 from models.layers.ms_deform_attn import MSDeformableAttention, ms_deform_attn_core
+from models.layers.token_positions import rtdetr_anchors
 from models.losses import varifocal_loss
 from models.matcher import FocalHungarianMatcher, HungarianMatcher
 from models.postprocess import RTDETRPostProcessor
-from models.rtdetrv2.decoder import RTDETRTransformerv2, rtdetr_anchors
+from models.rtdetrv2.decoder import RTDETRTransformerv2
 from models.rtdetrv2.rtdetrv2 import RTDETR
+from tests.golden_values import COCO_IDS, assert_same_values
 from tools.reference import rtdetrv2 as reference
 from util.box_ops import box_cxcywh_to_xyxy
 from util.nested_tensor import NestedTensor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# COCO's category ids: 1..90 without the ten unused ones, in increasing order (label i -> i-th id)
-COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
 
 
 @pytest.fixture(scope="module")
 def golden() -> dict:
     return reference.load_reference()
-
-
-def assert_same_values(actual: dict, expected: dict, what: str) -> None:
-    """Float tensors equal to 1e-12 (relative and absolute), everything else exactly."""
-    assert sorted(actual) == sorted(expected), (what, sorted(set(actual) ^ set(expected)))
-    for key, value in expected.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            torch.testing.assert_close(actual[key], value, rtol=1e-12, atol=1e-12, msg=f"{what} {key}")
-        elif isinstance(value, torch.Tensor):
-            assert actual[key].dtype == value.dtype and torch.equal(actual[key], value), (what, key)
-        else:
-            assert actual[key] == value, (what, key)
 
 
 def tiny_decoder(**overrides) -> RTDETRTransformerv2:

@@ -27,7 +27,8 @@ SMALLER = {"detr": [],
            "deformable_detr": ["--dec_layers", "1", "--feature_layer", "layer3", "--backbone_trainable_layers", "4",
                                "--num_feature_levels", "2"],
            "dino": ["--dec_layers", "1", "--num_feature_levels", "3"],
-           "rtdetrv2": ["--dec_layers", "1"]}
+           "rtdetrv2": ["--dec_layers", "1"],
+           "dfine": ["--dec_layers", "1"]}
 
 
 @pytest.fixture(scope="module")
@@ -112,16 +113,18 @@ def test_exported_programs_match_the_eager_model(checkpoints, tmp_path, loaded_b
         _assert_close(program.module()(images), _eager(arch, checkpoints[arch], images))
 
 
-def test_rtdetrv2_exports_its_deployed_form_at_its_fixed_size(checkpoints, tmp_path, loaded_back):
-    """RT-DETRv2: exported after deploy() (RepVGG blocks folded) at --eval_spatial_size (64 x 64 here), checked by
-    onnxruntime against the eager, unfolded model on another image of that size."""
+@pytest.mark.parametrize("arch", ["rtdetrv2", "dfine"])
+def test_real_time_models_export_their_deployed_form_at_their_fixed_size(arch, checkpoints, tmp_path, loaded_back):
+    """RT-DETRv2 and D-FINE: exported after deploy() (RepVGG / VGG blocks folded; D-FINE's weighting function
+    stored, the heads it never runs in evaluation dropped) at --eval_spatial_size (64 x 64 here), checked by
+    onnxruntime against the eager, undeployed model on another image of that size."""
     output = tmp_path / "model.onnx"
-    assert _export(checkpoints["rtdetrv2"], "onnx", output) <= export.DEFAULT_TOLERANCE
+    assert _export(checkpoints[arch], "onnx", output) <= export.DEFAULT_TOLERANCE
     session, = loaded_back
     assert [list(i.shape) for i in session.get_inputs()] == [[1, 3, 64, 64]]
     images = torch.rand((1, 3, 64, 64), generator=torch.Generator().manual_seed(4))
     got = [torch.from_numpy(y) for y in session.run(None, {"images": images.numpy()})]
-    _assert_close(got, _eager("rtdetrv2", checkpoints["rtdetrv2"], images))
+    _assert_close(got, _eager(arch, checkpoints[arch], images))
 
 
 def _one_error_line(capsys, argv) -> str:

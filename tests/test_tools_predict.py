@@ -29,7 +29,8 @@ def checkpoints(tiny_coco, tmp_path_factory) -> dict[str, Path]:
     """One epoch of each architecture on the tiny dataset (24 images of 64 px, 12 classes, 8 queries)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("predict_runs")
-    return {arch: train_tiny(tiny_coco, root / arch, arch) for arch in ("detr", "deformable_detr", "dino", "rtdetrv2")}
+    return {arch: train_tiny(tiny_coco, root / arch, arch) for arch in ("detr", "deformable_detr", "dino", "rtdetrv2",
+                                                                        "dfine")}
 
 
 def _predict(checkpoint: Path, inputs: list, out: Path, *flags: str) -> list[dict]:
@@ -137,10 +138,10 @@ def test_batches_give_the_predictions_of_single_images(checkpoints, tiny_coco, t
     assert np.allclose([r["bbox"] + [r["score"]] for r in one], [r["bbox"] + [r["score"]] for r in four], atol=1e-3)
 
 
-@pytest.mark.parametrize("arch, per_image", [("deformable_detr", 96), ("dino", 20), ("rtdetrv2", 20)])
+@pytest.mark.parametrize("arch, per_image", [("deformable_detr", 96), ("dino", 20), ("rtdetrv2", 20), ("dfine", 20)])
 def test_every_architecture_predicts(checkpoints, tiny_coco, tmp_path, arch, per_image):
     # top-k over query-class pairs: Deformable DETR min(100, 8 queries x 12 classes), DINO --num_select 20,
-    # RT-DETRv2 --num_top_queries 20
+    # RT-DETRv2 and D-FINE --num_top_queries 20
     images = _val_images(tiny_coco, 2)
     results = _predict(checkpoints[arch], images, tmp_path, "--threshold", "0", "--coco_path", str(tiny_coco))
     assert len(results) == per_image * len(images)

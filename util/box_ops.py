@@ -14,6 +14,12 @@ def box_cxcywh_to_xyxy(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([x_c - 0.5 * w, y_c - 0.5 * h, x_c + 0.5 * w, y_c + 0.5 * h], dim=-1)
 
 
+def sized_box_corners(boxes: torch.Tensor) -> torch.Tensor:
+    """(cx, cy, w, h) ``[..., 4]`` -> (x0, y0, x1, y1) with negative sizes taken as 0 (D-FINE's conversion: its
+    refined boxes can turn inside out, and such a box becomes the point at its centre)."""
+    return box_cxcywh_to_xyxy(torch.cat([boxes[..., :2], boxes[..., 2:].clamp(min=0.0)], dim=-1))
+
+
 def box_xyxy_to_cxcywh(x: torch.Tensor) -> torch.Tensor:
     """(x0, y0, x1, y1) -> (cx, cy, w, h), any leading shape."""
     x0, y0, x1, y1 = x.unbind(-1)

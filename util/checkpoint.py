@@ -11,6 +11,7 @@ import random
 import re
 import tempfile
 from pathlib import Path
+from urllib.error import URLError
 
 import numpy as np
 import torch
@@ -136,6 +137,17 @@ def load_checkpoint(path_or_url: str, flag: str = "--resume", map_location="cpu"
             return torch.load(path, map_location=map_location, weights_only=True)
         except Exception as exc:  # torch raises several types for corrupt or unsafe files
             raise CheckpointError(f"{flag}: checkpoint file {path} {_why_unloadable(path, exc)}") from exc
+
+
+def downloaded_state_dict(url: str, what: str) -> dict:
+    """The state dict at ``url`` from torch.hub's download cache (downloaded if missing; tensors only). Without a
+    network, a FileNotFoundError that says which file to put where; ``what`` names the weights in it."""
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, weights_only=True)
+    except (URLError, OSError) as exc:
+        path = f"{torch.hub.get_dir()}/checkpoints/{url.rsplit('/', 1)[-1]}"
+        raise FileNotFoundError(f"{what} are not in torch.hub's cache and cannot be downloaded ({exc}): copy {url} "
+                                f"to {path}, or start from random weights") from exc
 
 
 def load_matching_state_dict(model: nn.Module, state_dict: dict) -> tuple[list[str], list[str]]:

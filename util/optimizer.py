@@ -1,4 +1,6 @@
 """The optimiser and learning-rate schedule of a run."""
+import math
+
 import torch
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
@@ -81,3 +83,65 @@ class LinearWarmup:
         factor = (step + 1) / self.warmup_iters
         for group, initial in zip(self.optimizer.param_groups, self.initial_lrs):
             group["lr"] = initial * factor
+
+
+LR_SCHEDULERS = ("step", "flat_cosine")
+
+
+class FlatCosineSchedule:
+    """DEIM's learning-rate schedule (the official ``FlatCosineLRScheduler``, after RTMDet), set per optimiser step:
+    a quadratic warm-up, a flat stretch, a cosine decay to ``lr_gamma`` times the initial rate, then that floor.
+
+    With ``n`` optimiser steps per epoch, W = ``warmup_iters``, F = n x ``flat_epoch``, E = n x ``epochs`` and
+    A = n x ``no_aug_epoch``, a group of initial rate r and floor m = r x ``lr_gamma`` has the official rate after
+    step i::
+
+        f(i) = r (i / W)^2                                   for i <= W  (the warm-up)
+             = r                                             for W < i <= F
+             = m                                             for i >= E - A  (the epochs without augmentation)
+             = m + (r - m) (1 + cos(pi (i - F) / (E - F - A))) / 2   otherwise
+
+    in that order of cases (a ``flat_epoch`` beyond ``epochs - no_aug_epoch`` keeps r to the end, as DEIM-N's
+    7800 does). The official sets f(i) after its step i, so step s (0-based over the run) trains at f(s - 1) here
+    too; its first step trains at the rate its linear warm-up's construction left, r / (that warm-up's length),
+    here r / W (DEIM's RT-DETRv2 configs: the same 2000; its D-FINE configs: 500). W = 0: no warm-up, r from the
+    first step (the official divides by zero there). The step index comes from the epoch and the iteration, so a
+    resumed run continues where it was. Called as :class:`LinearWarmup` is: ``schedule(step)`` before each step.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, iters_per_epoch: int, epochs: int, warmup_iters: int,
+                 flat_epoch: int, no_aug_epoch: int, lr_gamma: float):
+        for name, value in (("iters_per_epoch", iters_per_epoch), ("epochs", epochs)):
+            if value < 1:
+                raise ValueError(f"FlatCosineSchedule: {name} must be at least 1, got {value}")
+        for name, value in (("warmup_iters", warmup_iters), ("flat_epoch", flat_epoch),
+                            ("no_aug_epoch", no_aug_epoch), ("lr_gamma", lr_gamma)):
+            if value < 0:
+                raise ValueError(f"FlatCosineSchedule: {name} must not be negative, got {value}")
+        self.optimizer = optimizer
+        self.warmup_iters = warmup_iters
+        self.total_iters = iters_per_epoch * epochs
+        self.flat_iters = iters_per_epoch * flat_epoch
+        self.no_aug_iters = iters_per_epoch * no_aug_epoch
+        self.initial_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+        self.min_lrs = [lr * lr_gamma for lr in self.initial_lrs]
+
+    def rate(self, step: int, initial_lr: float, min_lr: float) -> float:
+        """The rate of optimiser step ``step`` for a group of initial rate ``initial_lr`` and floor ``min_lr``."""
+        if step == 0 and self.warmup_iters:
+            return (1 / self.warmup_iters) * initial_lr
+        i = step - 1 if step > 0 else 0
+        if self.warmup_iters and i <= self.warmup_iters:
+            return initial_lr * (i / float(self.warmup_iters)) ** 2
+        if i <= self.flat_iters:
+            return initial_lr
+        if i >= self.total_iters - self.no_aug_iters:
+            return min_lr
+        decay = 0.5 * (1 + math.cos(math.pi * (i - self.flat_iters) /
+                                    (self.total_iters - self.flat_iters - self.no_aug_iters)))
+        return min_lr + (initial_lr - min_lr) * decay
+
+    def __call__(self, step: int) -> None:
+        """Set the rates of optimiser step ``step``."""
+        for group, initial, floor in zip(self.optimizer.param_groups, self.initial_lrs, self.min_lrs):
+            group["lr"] = self.rate(step, initial, floor)

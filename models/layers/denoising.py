@@ -14,9 +14,10 @@ The random draws (label noise: one uniform per label, then new classes for the c
 sign per coordinate, then a uniform per coordinate) follow the official implementation, in its order, so that the
 same torch seed gives the same noise.
 
-RT-DETR's variant (:func:`contrastive_denoising_group`, RT-DETRv2 and D-FINE) has the same layout and attention
-mask, but its own group count (``num_denoising // max_targets`` groups), padding (class ``num_classes``, whose
-embedding row is zero, and box (0, 0, 0, 0)), draw shapes and ``dn_meta``.
+RT-DETR's variant (:func:`contrastive_denoising_group`, RT-DETRv2, D-FINE and DEIM, with options for where the
+last two differ) has the same layout and attention mask, but its own group count (``num_denoising // max_targets``
+groups), padding (class ``num_classes``, whose embedding row is zero, and box (0, 0, 0, 0)), draw shapes and
+``dn_meta``.
 """
 from dataclasses import dataclass
 
@@ -155,26 +156,36 @@ def denoising_indices(targets: list[dict], dn_meta: dict) -> list[tuple[Tensor, 
 
 
 def contrastive_denoising_group(targets: list[dict], num_classes: int, num_queries: int, class_embed: nn.Embedding,
-                                num_denoising: int = 100, label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0
+                                num_denoising: int = 100, label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0,
+                                *, empty_batch_group: bool = True, absolute_sizes: bool = False
                                 ) -> DenoisingQueries | None:
     """RT-DETR's denoising queries of a batch (official ``get_contrastive_denoising_training_group``); None when
     ``num_denoising`` <= 0.
 
     targets: per image ``labels`` ``[T_i]`` and ``boxes`` ``[T_i, 4]`` (normalised cxcywh); class_embed:
     ``[num_classes + 1, D]`` embedding, row ``num_classes`` the padding (zero). With M = max T_i, the batch gets
-    G = max(1, num_denoising // M) groups of M positives then M negatives, P = 2 M G queries; a batch without
-    targets gets one group holding one never-positive dummy query (box (0.5, 0.5, 0.1, 0.1), the padding class),
-    so that every process of a distributed run computes the same graph. Label noise: each real label, positive or
-    negative, becomes a uniform class in [0, num_classes) with probability ``label_noise_ratio / 2``. Box noise:
-    each edge moves by ``u * box_noise_scale`` half box sizes in a random direction, u in [0, 1) for positives and
-    [1, 2) for negatives, then the box is clipped to the image (the official code fails with
-    ``box_noise_scale`` 0; here the boxes are then left as they are). The padding and the noise are float32, as
-    official, whatever the model's dtype.
+    G = max(1, num_denoising // M) groups of M positives then M negatives, P = 2 M G queries. Label noise: each
+    real label, positive or negative, becomes a uniform class in [0, num_classes) with probability
+    ``label_noise_ratio / 2``. Box noise: each edge moves by ``u * box_noise_scale`` half box sizes in a random
+    direction, u in [0, 1) for positives and [1, 2) for negatives, then the box is clipped to the image (the
+    official code fails with ``box_noise_scale`` 0; here the boxes are then left as they are). The padding and the
+    noise are float32, as official, whatever the model's dtype.
 
     Returns ``content`` ``[B, P, D]`` (class embeddings), ``anchors`` ``[B, P, 4]`` (boxes in logit space,
     ``inverse_sigmoid`` eps 1e-5), ``attn_mask`` ``[P + Q, P + Q]`` (:func:`denoising_attention_mask`) and
     ``meta`` = {"dn_positive_idx": per image the int64 indices of its real positives, group by group,
     "dn_num_group": G, "dn_num_split": [P, num_queries]}.
+
+    Two choices differ between the official RT-DETRv2 and D-FINE (and DEIM), whose released weights were trained
+    with them:
+
+    - ``empty_batch_group`` (RT-DETRv2): a batch without any target gets one group holding one never-positive dummy
+      query (box (0.5, 0.5, 0.1, 0.1), the padding class), so that every process of a distributed run computes the
+      same graph. False (D-FINE): it gets no denoising query at all, P = 0 (empty ``content`` and ``anchors``), no
+      mask, and ``meta`` {"dn_positive_idx": None, "dn_num_group": 0, "dn_num_split": [0, num_queries]}.
+    - ``absolute_sizes`` (D-FINE): a noised box turned inside out (an edge moved past the opposite one, then
+      clipped) keeps the absolute value of its negative width or height; False (RT-DETRv2): such a size stays
+      negative and ``inverse_sigmoid`` clamps it to its eps.
     """
     if num_denoising <= 0:
         return None
@@ -182,6 +193,10 @@ def contrastive_denoising_group(targets: list[dict], num_classes: int, num_queri
     device = targets[0]["labels"].device
     batch = len(targets)
     empty_batch = max(counts) == 0
+    if empty_batch and not empty_batch_group:
+        weight = class_embed.weight
+        return DenoisingQueries(weight.new_zeros(batch, 0, weight.shape[1]), torch.zeros(batch, 0, 4, device=device),
+                                None, {"dn_positive_idx": None, "dn_num_group": 0, "dn_num_split": [0, num_queries]})
     max_targets = 1 if empty_batch else max(counts)
     num_groups = 1 if empty_batch else max(num_denoising // max_targets, 1)
     labels = torch.full([batch, max_targets], num_classes, dtype=torch.int32, device=device)
@@ -213,6 +228,8 @@ def contrastive_denoising_group(targets: list[dict], num_classes: int, num_queri
         part = torch.where(negative, part + 1.0, part)
         corners = torch.clip(corners + sign * part * half_sizes, min=0.0, max=1.0)
         boxes = box_xyxy_to_cxcywh(corners)
+        if absolute_sizes:
+            boxes = torch.where(boxes < 0, -boxes, boxes)
     meta = {"dn_positive_idx": positive_idx, "dn_num_group": num_groups, "dn_num_split": [num_dn, num_queries]}
     return DenoisingQueries(class_embed(labels), inverse_sigmoid(boxes),
                             denoising_attention_mask(num_dn, num_groups, num_queries, device), meta)
@@ -220,7 +237,11 @@ def contrastive_denoising_group(targets: list[dict], num_classes: int, num_queri
 
 def contrastive_denoising_indices(dn_meta: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
     """Per image (query indices, target indices) pairing RT-DETR's positive denoising queries (``dn_meta`` of
-    :func:`contrastive_denoising_group`) with the targets they noise: target j in slot j of every group."""
+    :func:`contrastive_denoising_group`) with the targets they noise: target j in slot j of every group; empty
+    pairs for a batch that got no denoising query (``dn_num_group`` 0: no target, ``empty_batch_group`` False)."""
+    if dn_meta["dn_num_group"] == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=targets[0]["labels"].device)
+        return [(empty, empty) for _ in targets]
     indices = []
     for positive_idx, target in zip(dn_meta["dn_positive_idx"], targets):
         count = len(target["labels"])
@@ -231,3 +252,16 @@ def contrastive_denoising_indices(dn_meta: dict, targets: list[dict]) -> list[tu
                              f"targets in {dn_meta['dn_num_group']} groups: dn_meta is not of these targets")
         indices.append((positive_idx, target_idx))
     return indices
+
+
+def dfine_denoising_group(targets: list[dict], num_classes: int, num_queries: int, class_embed: nn.Embedding,
+                          num_denoising: int = 100, label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0
+                          ) -> DenoisingQueries | None:
+    """D-FINE's denoising queries (official ``get_contrastive_denoising_training_group`` of D-FINE; DEIM's RT-DETRv2
+    and D-FINE decoders use them too):
+    :func:`~models.layers.denoising.contrastive_denoising_group` where a batch without any target gets no denoising
+    query (``dn_num_group`` 0) and noised boxes turned inside out keep their absolute sizes, as the released weights
+    were trained. (D-FINE's decoder always passes ``box_noise_scale`` 1.)"""
+    return contrastive_denoising_group(targets, num_classes, num_queries, class_embed, num_denoising,
+                                       label_noise_ratio, box_noise_scale, empty_batch_group=False,
+                                       absolute_sizes=True)

@@ -2,8 +2,9 @@
 RT-DETRv2 (2407.17140): a 1x1 projection of each backbone level, AIFI (a transformer encoder over the tokens of
 chosen levels, with a fixed 2-D sin-cos position embedding), then CCFM (top-down, then bottom-up fusion of the levels).
 
-The fusion blocks are chosen by the builder: :func:`rtdetrv2_hybrid_encoder` builds RT-DETRv2's (CSPRepLayer of
-RepVGG blocks, 3x3 stride-2 downsampling convolutions); D-FINE's encoder is the same skeleton with other blocks.
+The fusion blocks and the AIFI layer are chosen by the builder: :func:`rtdetrv2_hybrid_encoder` builds RT-DETRv2's
+(CSPRepLayer of RepVGG blocks, 3x3 stride-2 downsampling convolutions); :func:`dfine_hybrid_encoder` D-FINE's (the
+same skeleton with GELAN fusion blocks and SCDown downsampling).
 State-dict names and shapes are the official ones (lyuwenyu/RT-DETR, rtdetrv2_pytorch), so its checkpoints load with
 strict=True, before and after :meth:`RepVggBlock.convert_to_deploy`.
 
@@ -12,30 +13,14 @@ one, then cast to the features' dtype (the released weights were trained with ex
 """
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.activation import activation_layer
 from models.layers.clones import clones
-
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": lambda: nn.ReLU(inplace=True),
-    "silu": lambda: nn.SiLU(inplace=True),
-    "swish": lambda: nn.SiLU(inplace=True),
-    "leaky_relu": lambda: nn.LeakyReLU(inplace=True),
-    "gelu": nn.GELU,
-    "hardsigmoid": lambda: nn.Hardsigmoid(inplace=True),
-}
-
-
-def activation_layer(name: str | None) -> nn.Module:
-    """A fresh activation module by name (the official choices, in place where possible); None: identity."""
-    if name is None:
-        return nn.Identity()
-    if name.lower() not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} or None, got {name!r}")
-    return ACTIVATIONS[name.lower()]()
 
 
 class ConvNormAct(nn.Module):
@@ -151,10 +136,17 @@ def sincos_position_embedding_2d(*, width: int, height: int, dim: int, temperatu
 
 class IntraScaleEncoderLayer(nn.Module):
     """One AIFI layer: post-norm self-attention over a level's tokens (position added to queries and keys), then a
-    feed-forward block. ``src``, ``pos``: ``[B, N, dim]`` (``pos`` may be ``[1, N, dim]``) -> ``[B, N, dim]``."""
+    feed-forward block. ``src``, ``pos``: ``[B, N, dim]`` (``pos`` may be ``[1, N, dim]``) -> ``[B, N, dim]``.
 
-    def __init__(self, *, dim: int, num_heads: int, dim_feedforward: int, dropout: float, activation: str):
+    ``need_weights``: the self-attention also computes its attention weights (and drops them), as D-FINE's calls it:
+    PyTorch then takes its explicit softmax path instead of the fused scaled-dot-product kernel, whose rounding
+    differs by an ulp (1e-16 in float64). RT-DETRv2's does not.
+    """
+
+    def __init__(self, *, dim: int, num_heads: int, dim_feedforward: int, dropout: float, activation: str,
+                 need_weights: bool = False):
         super().__init__()
+        self.need_weights = need_weights
         self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout, batch_first=True)
         self.linear1 = nn.Linear(dim, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
@@ -167,7 +159,7 @@ class IntraScaleEncoderLayer(nn.Module):
 
     def forward(self, src: Tensor, pos: Tensor) -> Tensor:
         query = src + pos
-        attended = self.self_attn(query, query, value=src, need_weights=False)[0]
+        attended = self.self_attn(query, query, value=src, need_weights=self.need_weights)[0]
         src = self.norm1(src + self.dropout1(attended))
         update = self.linear2(self.dropout(self.activation(self.linear1(src))))
         return self.norm2(src + self.dropout2(update))
@@ -206,14 +198,16 @@ class HybridEncoder(nn.Module):
       top-down map of the next level (the lateral convolution's output), ``pan_blocks[s]``.
 
     ``lateral_conv(channels)``, ``fusion_block(in_channels, out_channels)`` and ``downsample_conv(channels)`` build
-    those blocks (see :func:`rtdetrv2_hybrid_encoder`).
+    those blocks, ``encoder_layer(dim=, num_heads=, dim_feedforward=, dropout=, activation=)`` the AIFI layer that
+    each encoder copies (see :func:`rtdetrv2_hybrid_encoder`, :func:`dfine_hybrid_encoder`).
     """
 
     def __init__(self, *, in_channels: Sequence[int], feat_strides: Sequence[int], hidden_dim: int = 256,
                  num_heads: int = 8, dim_feedforward: int = 1024, dropout: float = 0.0, enc_act: str = "gelu",
                  use_encoder_idx: Sequence[int] = (2,), num_encoder_layers: int = 1, pe_temperature: float = 10000.0,
                  eval_spatial_size: Sequence[int] | None = None, lateral_conv: Callable[[int], nn.Module],
-                 fusion_block: Callable[[int, int], nn.Module], downsample_conv: Callable[[int], nn.Module]):
+                 fusion_block: Callable[[int, int], nn.Module], downsample_conv: Callable[[int], nn.Module],
+                 encoder_layer: Callable[..., nn.Module] = IntraScaleEncoderLayer):
         super().__init__()
         num_levels = len(in_channels)
         if len(feat_strides) != num_levels:
@@ -240,8 +234,8 @@ class HybridEncoder(nn.Module):
             nn.Sequential(OrderedDict(conv=nn.Conv2d(channels, hidden_dim, kernel_size=1, bias=False),
                                       norm=nn.BatchNorm2d(hidden_dim)))
             for channels in in_channels)
-        layer = IntraScaleEncoderLayer(dim=hidden_dim, num_heads=num_heads, dim_feedforward=dim_feedforward,
-                                       dropout=dropout, activation=enc_act)
+        layer = encoder_layer(dim=hidden_dim, num_heads=num_heads, dim_feedforward=dim_feedforward, dropout=dropout,
+                              activation=enc_act)
         self.encoder = nn.ModuleList(IntraScaleEncoder(layer, num_encoder_layers) for _ in self.use_encoder_idx)
         self.lateral_convs = nn.ModuleList()
         self.fpn_blocks = nn.ModuleList()
@@ -320,3 +314,145 @@ def rtdetrv2_hybrid_encoder(*, in_channels: Sequence[int], feat_strides: Sequenc
         lateral_conv=lambda channels: ConvNormAct(channels, channels, 1, act=act),
         fusion_block=lambda cin, cout: CSPRepLayer(cin, cout, num_blocks=num_blocks, expansion=expansion, act=act),
         downsample_conv=lambda channels: ConvNormAct(channels, channels, 3, stride=2, act=act))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# D-FINE's blocks (Peng et al., "D-FINE", ICLR 2025, arXiv:2410.13842; Peterande/D-FINE src/zoo/dfine/
+# hybrid_encoder.py): the same skeleton with GELAN fusion blocks (RepNCSPELAN4, from YOLOv9) and SCDown
+# downsampling (from YOLOv10). Every convolution + norm folds into one convolution on deploy, and the folded
+# modules drop their branches, as the official ones do (so do the deployed state dicts).
+
+class FusableConvNormLayer(nn.Module):
+    """``act(norm(conv(x)))`` (official ``ConvNormLayer_fuse``): ``[B, C_in, H, W] -> [B, C_out, H / stride,
+    W / stride]``, padding ``(kernel_size - 1) // 2`` by default, ``groups`` as the convolution's, no bias.
+
+    :meth:`convert_to_deploy` replaces ``conv`` and ``norm`` by one convolution with bias, ``conv_bn_fused``,
+    built from the norm's running statistics (the official deployed names); calling it again changes nothing.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, *, groups: int = 1,
+                 padding: int | None = None, act: str | None = None):
+        super().__init__()
+        padding = (kernel_size - 1) // 2 if padding is None else padding
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, groups=groups, padding=padding,
+                              bias=False)
+        self.norm = nn.BatchNorm2d(out_channels)
+        self.act = activation_layer(act)
+        self.register_module("conv_bn_fused", None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv_bn_fused(x) if self.conv_bn_fused is not None else self.norm(self.conv(x))
+        return self.act(y)
+
+    @torch.no_grad()
+    def convert_to_deploy(self) -> None:
+        if self.conv_bn_fused is not None:
+            return
+        kernel, bias = fused_conv_norm(self)
+        conv = self.conv
+        self.conv_bn_fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                       padding=conv.padding, groups=conv.groups, device=kernel.device,
+                                       dtype=kernel.dtype)
+        self.conv_bn_fused.weight.copy_(kernel)
+        self.conv_bn_fused.bias.copy_(bias)
+        del self.conv, self.norm
+
+
+class VGGBlock(RepVggBlock):
+    """D-FINE's RepVGG block: :class:`RepVggBlock`'s computation, but deploying removes the two branches
+    ``conv1`` and ``conv2`` (only the folded ``conv`` stays, in the module and the state dict), as the official
+    ``VGGBlock``; calling :meth:`convert_to_deploy` again changes nothing."""
+
+    @torch.no_grad()
+    def convert_to_deploy(self) -> None:
+        if not hasattr(self, "conv1"):
+            return
+        super().convert_to_deploy()
+        del self.conv1, self.conv2
+
+
+class CSPLayer(nn.Module):
+    """D-FINE's cross-stage-partial layer: ``conv3(bottlenecks(conv1(x)) + conv2(x))`` with foldable 1x1
+    convolutions (with ``act``) to ``int(out_channels * expansion)`` hidden channels and ``num_blocks``
+    :class:`VGGBlock` s; ``conv3`` is an identity when the widths are equal. ``[B, C_in, H, W] -> [B, C_out, H, W]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, num_blocks: int = 3, expansion: float = 1.0, *,
+                 act: str | None = "silu"):
+        super().__init__()
+        hidden_channels = int(out_channels * expansion)
+        self.conv1 = FusableConvNormLayer(in_channels, hidden_channels, 1, act=act)
+        self.conv2 = FusableConvNormLayer(in_channels, hidden_channels, 1, act=act)
+        self.bottlenecks = nn.Sequential(*(VGGBlock(hidden_channels, hidden_channels, act=act)
+                                           for _ in range(num_blocks)))
+        self.conv3 = (FusableConvNormLayer(hidden_channels, out_channels, 1, act=act)
+                      if hidden_channels != out_channels else nn.Identity())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv3(self.bottlenecks(self.conv1(x)) + self.conv2(x))
+
+
+class RepNCSPELAN4(nn.Module):
+    """GELAN block (Wang et al., "YOLOv9", arXiv:2402.13616), as D-FINE's fusion block: ``cv1`` (1x1 to
+    ``hidden_channels``) split in two halves; ``cv2`` (a :class:`CSPLayer` of ``num_blocks`` blocks to
+    ``branch_channels``, then a 3x3) on the second half, ``cv3`` (the same on ``branch_channels``) on ``cv2``'s
+    output; the four maps concatenated and projected by ``cv4`` (1x1). Every convolution has ``act``.
+    ``[B, C_in, H, W] -> [B, C_out, H, W]``; official arguments ``(c1, c2, c3, c4, n)`` in that order."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int, branch_channels: int,
+                 num_blocks: int = 3, *, act: str | None = "silu"):
+        super().__init__()
+        self.c = hidden_channels // 2
+        self.cv1 = FusableConvNormLayer(in_channels, hidden_channels, 1, act=act)
+        self.cv2 = nn.Sequential(CSPLayer(hidden_channels // 2, branch_channels, num_blocks, act=act),
+                                 FusableConvNormLayer(branch_channels, branch_channels, 3, act=act))
+        self.cv3 = nn.Sequential(CSPLayer(branch_channels, branch_channels, num_blocks, act=act),
+                                 FusableConvNormLayer(branch_channels, branch_channels, 3, act=act))
+        self.cv4 = FusableConvNormLayer(hidden_channels + 2 * branch_channels, out_channels, 1, act=act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        maps = list(self.cv1(x).split((self.c, self.c), dim=1))
+        maps.append(self.cv2(maps[-1]))
+        maps.append(self.cv3(maps[-1]))
+        return self.cv4(torch.cat(maps, dim=1))
+
+
+class SCDown(nn.Module):
+    """Spatial-channel decoupled downsampling (Wang et al., "YOLOv10", arXiv:2405.14458): a 1x1 convolution
+    (``cv1``) then a depthwise ``kernel_size`` convolution of ``stride`` (``cv2``), both with norm and without
+    activation. ``[B, C_in, H, W] -> [B, C_out, H / stride, W / stride]``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int):
+        super().__init__()
+        self.cv1 = FusableConvNormLayer(in_channels, out_channels, 1)
+        self.cv2 = FusableConvNormLayer(out_channels, out_channels, kernel_size, stride, groups=out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.cv2(self.cv1(x))
+
+
+def dfine_hybrid_encoder(*, in_channels: Sequence[int], feat_strides: Sequence[int] = (8, 16, 32),
+                         hidden_dim: int = 256, num_heads: int = 8, dim_feedforward: int = 1024, dropout: float = 0.0,
+                         enc_act: str = "gelu", use_encoder_idx: Sequence[int] = (2,), num_encoder_layers: int = 1,
+                         pe_temperature: float = 10000.0, expansion: float = 1.0, depth_mult: float = 1.0,
+                         act: str = "silu", eval_spatial_size: Sequence[int] | None = None) -> HybridEncoder:
+    """D-FINE's encoder (the official ``HybridEncoder`` arguments, ``nhead`` spelled ``num_heads``): lateral 1x1
+    foldable convolutions without activation, :class:`RepNCSPELAN4` fusion blocks ``(2 h, h, 2 h,
+    round(expansion * h // 2), round(3 * depth_mult))`` and downsampling ``nn.Sequential(SCDown(h, h, 3, 2))``
+    (the official extra level: names ``downsample_convs.{i}.0.cv1...``), with h = ``hidden_dim``.
+
+    ``act`` is the fusion blocks' activation; the official encoder ignores its ``act`` and always uses SiLU (every
+    official config says silu). The AIFI layers compute their attention weights (``need_weights``), as D-FINE's. Its
+    position tables are plain attributes where ours are non-persistent buffers (``pos_embed{level}``): neither is in
+    the state dict, and the values are the same.
+    """
+    num_blocks = round(3 * depth_mult)
+    branch_channels = round(expansion * hidden_dim // 2)
+    return HybridEncoder(
+        in_channels=in_channels, feat_strides=feat_strides, hidden_dim=hidden_dim, num_heads=num_heads,
+        dim_feedforward=dim_feedforward, dropout=dropout, enc_act=enc_act, use_encoder_idx=use_encoder_idx,
+        num_encoder_layers=num_encoder_layers, pe_temperature=pe_temperature, eval_spatial_size=eval_spatial_size,
+        lateral_conv=lambda channels: FusableConvNormLayer(channels, channels, 1),
+        fusion_block=lambda cin, cout: RepNCSPELAN4(cin, cout, cin, branch_channels, num_blocks, act=act),
+        downsample_conv=lambda channels: nn.Sequential(SCDown(channels, channels, 3, 2)),
+        encoder_layer=partial(IntraScaleEncoderLayer, need_weights=True))

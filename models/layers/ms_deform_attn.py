@@ -215,10 +215,13 @@ class MSDeformableAttention(nn.Module):
     ``num_points_scale`` ``[sum P_l]`` holds 1 / P_l per point. Boxes as references scale the offsets by
     ``num_points_scale * size * offset_scale``. ``method``: ``default`` (bilinear) or ``discrete`` (nearest cell,
     :func:`nearest_cell_samples`; ``sampling_offsets`` then stays frozen as its initial pattern, as official).
+    ``projections`` False (D-FINE's: its decoder hands the attention the memory itself): no ``value_proj`` and
+    ``output_proj``, the values are sampled as they come (split into heads) and the heads' outputs returned
+    concatenated.
     """
 
     def __init__(self, embed_dim: int = 256, num_heads: int = 8, num_levels: int = 4, num_points: int | list[int] = 4,
-                 method: str = "default", offset_scale: float = 0.5):
+                 method: str = "default", offset_scale: float = 0.5, projections: bool = True):
         super().__init__()
         if embed_dim % num_heads != 0:
             raise ValueError(f"MSDeformableAttention: embed_dim ({embed_dim}) must be divisible by num_heads "
@@ -241,8 +244,8 @@ class MSDeformableAttention(nn.Module):
         self.head_dim = embed_dim // num_heads
         self.sampling_offsets = nn.Linear(embed_dim, self.total_points * 2)
         self.attention_weights = nn.Linear(embed_dim, self.total_points)
-        self.value_proj = nn.Linear(embed_dim, embed_dim)
-        self.output_proj = nn.Linear(embed_dim, embed_dim)
+        self.value_proj = nn.Linear(embed_dim, embed_dim) if projections else None
+        self.output_proj = nn.Linear(embed_dim, embed_dim) if projections else None
         self._reset_parameters()
         if method == "discrete":
             self.sampling_offsets.requires_grad_(False)
@@ -258,7 +261,11 @@ class MSDeformableAttention(nn.Module):
         grid = directions[:, None, :] * steps[None, :, None]  # [heads, sum P, 2]
         with torch.no_grad():
             self.sampling_offsets.bias.copy_(grid.flatten())
-        _uniform_attention_and_xavier_projections(self)
+        if self.value_proj is None:
+            nn.init.constant_(self.attention_weights.weight, 0.0)
+            nn.init.constant_(self.attention_weights.bias, 0.0)
+        else:
+            _uniform_attention_and_xavier_projections(self)
 
     def forward(self, query: Tensor, reference_points: Tensor, value: Tensor, value_spatial_shapes: SpatialShapes,
                 value_mask: Tensor | None = None) -> Tensor:
@@ -266,15 +273,17 @@ class MSDeformableAttention(nn.Module):
         of each level) or ``[B, Q, 1 or L, 4]`` boxes (cx, cy, w, h), one for all levels or one per level;
         value: ``[B, S, C]`` the levels flattened one after the other; value_spatial_shapes: (H_l, W_l) pairs (a
         list, or an ``[L, 2]`` int64 tensor); value_mask: ``[B, S]``, True (or 1) on the values to keep (the others
-        are zeroed). Returns ``[B, Q, C]``.
+        are zeroed). Without ``projections``, value may also come split into heads, ``[B, S, heads, C / heads]``.
+        Returns ``[B, Q, C]``.
         """
         batch, num_queries = query.shape[:2]
         num_values = value.shape[1]
         total = sum(self.num_points_list)
-        value = self.value_proj(value)
-        if value_mask is not None:
-            value = value * value_mask.to(value.dtype).unsqueeze(-1)
+        if self.value_proj is not None:
+            value = self.value_proj(value)
         value = value.reshape(batch, num_values, self.num_heads, self.head_dim)
+        if value_mask is not None:
+            value = value * value_mask.to(value.dtype)[..., None, None]
         offsets = self.sampling_offsets(query).reshape(batch, num_queries, self.num_heads, total, 2)
         weights = self.attention_weights(query).reshape(batch, num_queries, self.num_heads, total)
         weights = F.softmax(weights, dim=-1)
@@ -300,4 +309,4 @@ class MSDeformableAttention(nn.Module):
                              f"{tuple(reference_points.shape)}")
         output = ms_deform_attn_core(value, value_spatial_shapes, None, locations, weights,
                                      points_per_level=self.num_points_list, method=self.method)
-        return self.output_proj(output)
+        return output if self.output_proj is None else self.output_proj(output)

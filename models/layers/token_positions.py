@@ -1,9 +1,12 @@
 """Where the encoder's tokens sit: the cell centres of every feature level, as reference points for the encoder's
-deformable attention and as the anchors of two-stage proposals (Deformable DETR's and DINO's encoders).
+deformable attention and as the anchors of two-stage proposals (Deformable DETR's and DINO's encoders, with padding;
+:func:`rtdetr_anchors`: RT-DETR's, of unpadded maps, for RT-DETRv2, D-FINE and DEIM).
 
 A level's valid (unpadded) part is read from the padding mask; coordinates are relative to it, so they pass 1 on
 padding. ``spatial_shapes``: the levels' (H_l, W_l), as ``[L, 2]`` or a list of pairs.
 """
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -58,3 +61,26 @@ def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: Spat
     memory = memory.masked_fill(padding_mask.unsqueeze(-1), 0.0)
     memory = memory.masked_fill(~valid, 0.0)
     return memory, proposals
+
+
+def rtdetr_anchors(spatial_shapes: Sequence[Sequence[int]], eps: float = 1e-2, grid_size: float = 0.05,
+                   device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """RT-DETR's anchors (official ``_generate_anchors``): one box per token of levels (H_l, W_l), the cell's centre
+    ``((x + 0.5) / W_l, (y + 0.5) / H_l)`` and size ``grid_size * 2**l`` both ways, tokens row-major, levels one
+    after the other.
+
+    Returns ``anchors`` ``[1, S, 4]`` in logit space (``log(a / (1 - a))``; +inf where not valid) and
+    ``valid_mask`` ``[1, S, 1]``: all four coordinates in (eps, 1 - eps). Float32, as official; computed on the
+    default device (the CPU, as official, unless a device context says otherwise), then moved to ``device``.
+    """
+    levels = []
+    for level, (height, width) in enumerate(spatial_shapes):
+        rows, columns = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+        centres = (torch.stack([columns, rows], dim=-1) + 0.5) / torch.tensor([width, height], dtype=torch.float32)
+        sizes = torch.ones_like(centres) * grid_size * (2.0 ** level)
+        levels.append(torch.cat([centres, sizes], dim=-1).reshape(1, height * width, 4))
+    anchors = torch.cat(levels, dim=1)
+    anchors = anchors if device is None else anchors.to(device)
+    valid_mask = ((anchors > eps) * (anchors < 1 - eps)).all(-1, keepdim=True)
+    anchors = torch.log(anchors / (1 - anchors))
+    return torch.where(valid_mask, anchors, torch.inf), valid_mask

@@ -11,12 +11,14 @@ import argparse
 from torch import nn
 
 from models.backbone_attention import MaskedAttention, make_plan
-from models.criterion import VarifocalSetCriterion
+from models.criterion import MatchabilityAwareSetCriterion, VarifocalSetCriterion
 from models.layers.hybrid_encoder import rtdetrv2_hybrid_encoder
+from models.layers.real_time_transformer import QUERY_POS_METHODS
 from models.matcher import FocalHungarianMatcher
 from models.param_groups import build_param_groups
 from models.postprocess import RTDETRPostProcessor
-from models.rtdetrv2.decoder import RTDETRTransformerv2
+from models.real_time_checks import check_decoder_levels_and_sizes
+from models.rtdetrv2.decoder import DENOISING_METHODS, RTDETRTransformerv2
 from models.rtdetrv2.presnet import PResNet
 from models.rtdetrv2.rtdetrv2 import RTDETR
 
@@ -34,27 +36,19 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--variant", default="d", choices=VARIANTS,
                        help="ResNet variant: d (ResNet-vd: three-convolution stem, average-pool shortcut in "
                             "downsampling blocks), as every official RT-DETRv2 model")
+    group.add_argument("--query_pos_method", default="default", choices=QUERY_POS_METHODS,
+                       help="the decoder's query position head: default (RT-DETRv2: 4 -> 2D -> D) or as_reg "
+                            "(DEIM's: three layers of width D)")
+    group.add_argument("--denoising_method", default="rtdetrv2", choices=DENOISING_METHODS,
+                       help="the denoising queries: rtdetrv2 (a batch without targets gets a dummy group; noised "
+                            "boxes turned inside out keep negative sizes) or dfine (DEIM's RT-DETRv2: no group, "
+                            "absolute sizes)")
 
 
 def check_flags(args: argparse.Namespace) -> None:
-    if args.num_feature_levels < len(args.return_idx):
-        raise ValueError(f"--num_feature_levels ({args.num_feature_levels}) must be at least the number of "
-                         f"--return_idx levels ({len(args.return_idx)})")
-    if len(args.num_points) != args.num_feature_levels:
-        raise ValueError(f"--num_points gives {len(args.num_points)} levels, --num_feature_levels is "
-                         f"{args.num_feature_levels}")
-    if max(args.return_idx) > 3:
-        raise ValueError(f"--return_idx {args.return_idx}: PResNet has stages 0..3")
-    if not -args.dec_layers <= args.eval_idx < args.dec_layers:
-        raise ValueError(f"--eval_idx {args.eval_idx} is not a layer of the {args.dec_layers} decoder layers")
+    check_decoder_levels_and_sizes(args, "PResNet")
     if args.num_queries < 1 or args.num_top_queries < 1:
         raise ValueError("--num_queries and --num_top_queries must be at least 1")
-    stride = 2 ** (max(args.return_idx) + 2)  # the coarsest level's: the fusion concatenates upsampled maps
-    if args.data_pipeline in (None, "rtdetr"):
-        sizes = [args.image_size, *(args.multiscale_sizes or ())]
-        if any(size % stride for size in sizes):
-            raise ValueError(f"--image_size and --multiscale_sizes must be multiples of {stride} (the backbone's "
-                             f"coarsest stride), got {sizes}")
 
 
 def build_backbone(args: argparse.Namespace) -> PResNet:
@@ -87,15 +81,22 @@ def build(args: argparse.Namespace, is_thing_map: dict[int, bool] | None = None)
         num_denoising=args.num_denoising, label_noise_ratio=args.label_noise_ratio,
         box_noise_scale=args.box_noise_scale, learn_query_content=args.learn_query_content,
         eval_spatial_size=eval_size, eval_idx=args.eval_idx, aux_loss=args.aux_loss,
-        cross_attn_method=args.cross_attn_method, query_select_method=args.query_select_method)
+        cross_attn_method=args.cross_attn_method, query_select_method=args.query_select_method,
+        activation=args.activation, mlp_act=args.mlp_act, query_pos_method=args.query_pos_method,
+        denoising_method=args.denoising_method)
     model = RTDETR(backbone, encoder, decoder)
     matcher = FocalHungarianMatcher(cost_class=args.set_cost_class, cost_bbox=args.set_cost_bbox,
                                     cost_giou=args.set_cost_giou, alpha=args.focal_alpha, gamma=2.0)
-    weights = {"loss_vfl": args.cls_loss_coef, "loss_bbox": args.bbox_loss_coef, "loss_giou": args.giou_loss_coef}
-    criterion = VarifocalSetCriterion(matcher, weights, losses=("vfl", "boxes"), alpha=args.vfl_alpha,
-                                      gamma=args.vfl_gamma, num_classes=args.num_classes,
-                                      num_decoder_layers=args.dec_layers, aux_loss=args.aux_loss,
-                                      num_denoising=args.num_denoising)
+    layers = {"num_decoder_layers": args.dec_layers, "aux_loss": args.aux_loss, "num_denoising": args.num_denoising}
+    if args.use_mal:  # DEIM: the matchability-aware loss
+        weights = {"loss_mal": args.cls_loss_coef, "loss_bbox": args.bbox_loss_coef, "loss_giou": args.giou_loss_coef}
+        criterion = MatchabilityAwareSetCriterion(matcher, weights, losses=("mal", "boxes"), alpha=args.vfl_alpha,
+                                                  gamma=args.mal_gamma, num_classes=args.num_classes,
+                                                  mal_alpha=args.mal_alpha, **layers)
+    else:
+        weights = {"loss_vfl": args.cls_loss_coef, "loss_bbox": args.bbox_loss_coef, "loss_giou": args.giou_loss_coef}
+        criterion = VarifocalSetCriterion(matcher, weights, losses=("vfl", "boxes"), alpha=args.vfl_alpha,
+                                          gamma=args.vfl_gamma, num_classes=args.num_classes, **layers)
     # labels -> category ids in the post-processor itself, as the official remap_mscoco_category
     postprocessor = RTDETRPostProcessor(num_classes=args.num_classes, num_top_queries=args.num_top_queries,
                                         category_ids=args.label_to_category_id)

@@ -10,47 +10,23 @@ strict=True. Every module computes in the dtype of its parameters; as official, 
 are float32 whatever that dtype. The class and box heads run in fp32 under autocast (models/fp32_head.py), where the
 official runs them in half precision.
 """
-import math
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from models.activation import activation_layer
 from models.fp32_head import head_in_fp32
 from models.layers.box_encoding import inverse_sigmoid
 from models.layers.clones import clones
-from models.layers.denoising import contrastive_denoising_group
-from models.layers.hybrid_encoder import ConvNormAct, activation_layer
+from models.layers.denoising import dfine_denoising_group
+from models.layers.hybrid_encoder import ConvNormAct
 from models.layers.ms_deform_attn import MSDeformableAttention
-from models.layers.query_selection import gather_tokens, top_k_tokens
+from models.layers.query_selection import gather_tokens
+from models.layers.real_time_transformer import RealTimeTransformer, prior_bias
 from models.mlp import MLP
 
-QUERY_SELECT_METHODS = ("default", "one2many", "agnostic")
-CROSS_ATTN_METHODS = ("default", "discrete")
-PRIOR_PROB = 0.01  # the score heads' initial probability
-
-
-def rtdetr_anchors(spatial_shapes: Sequence[Sequence[int]], eps: float = 1e-2, grid_size: float = 0.05,
-                   device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-    """One anchor box per token of levels (H_l, W_l): the cell's centre ``((x + 0.5) / W_l, (y + 0.5) / H_l)`` and
-    size ``grid_size * 2**l`` both ways, tokens row-major, levels one after the other.
-
-    Returns ``anchors`` ``[1, S, 4]`` in logit space (``log(a / (1 - a))``; +inf where not valid) and
-    ``valid_mask`` ``[1, S, 1]``: all four coordinates in (eps, 1 - eps). Float32, as official; computed on the
-    default device (the CPU, as official, unless a device context says otherwise), then moved to ``device``.
-    """
-    levels = []
-    for level, (height, width) in enumerate(spatial_shapes):
-        rows, columns = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-        centres = (torch.stack([columns, rows], dim=-1) + 0.5) / torch.tensor([width, height], dtype=torch.float32)
-        sizes = torch.ones_like(centres) * grid_size * (2.0 ** level)
-        levels.append(torch.cat([centres, sizes], dim=-1).reshape(1, height * width, 4))
-    anchors = torch.cat(levels, dim=1)
-    anchors = anchors if device is None else anchors.to(device)
-    valid_mask = ((anchors > eps) * (anchors < 1 - eps)).all(-1, keepdim=True)
-    anchors = torch.log(anchors / (1 - anchors))
-    return torch.where(valid_mask, anchors, torch.inf), valid_mask
+DENOISING_METHODS = ("rtdetrv2", "dfine")
 
 
 class RTDETRv2DecoderLayer(nn.Module):
@@ -138,19 +114,18 @@ class RTDETRv2Decoder(nn.Module):
         return torch.stack(boxes), torch.stack(logits)
 
 
-class RTDETRTransformerv2(nn.Module):
+class RTDETRTransformerv2(RealTimeTransformer):
     """RT-DETRv2's decoder with its input projections, query selection, denoising and heads (official
     ``RTDETRTransformerv2``; keyword arguments with the official names and defaults).
 
     feat_channels / feat_strides: the encoder's levels; ``num_levels`` beyond them are made by 3x3 stride-2
     convolutions (the first on the last level). num_points: per head on every level, or a list per level.
-    eval_spatial_size: (H, W) of evaluation images; when given, the anchors of that size are stored (buffers
-    ``anchors``, ``valid_mask``) and used in evaluation at that size (the official uses them at any size and fails
-    at others; here other sizes compute theirs). query_select_method: ``default`` (best class logit of each
-    token), ``agnostic`` (one-logit encoder head) or ``one2many`` (the best token-class pairs; a token may be
-    chosen more than once). learn_query_content: content queries from ``tgt_embed`` instead of the selected
-    tokens. cross_attn_method: ``default`` or ``discrete`` sampling. eps: anchors closer than that to the image's
-    border are invalid (their tokens are zeroed).
+    learn_query_content: content queries from ``tgt_embed`` instead of the selected tokens. eval_spatial_size,
+    query_select_method, cross_attn_method and eps: see
+    :class:`~models.layers.real_time_transformer.RealTimeTransformer`. DEIM's version of this decoder adds
+    ``activation`` / ``mlp_act`` choices (the feed-forward and MLP-head activations), ``query_pos_method``
+    ``as_reg`` (a three-layer query position head of width ``hidden_dim``) and draws D-FINE's denoising queries
+    (``denoising_method`` ``dfine``: :func:`~models.layers.denoising.dfine_denoising_group`).
     """
 
     def __init__(self, *, num_classes: int = 80, hidden_dim: int = 256, num_queries: int = 300,
@@ -160,63 +135,28 @@ class RTDETRTransformerv2(nn.Module):
                  num_denoising: int = 100, label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0,
                  learn_query_content: bool = False, eval_spatial_size: Sequence[int] | None = None, eval_idx: int = -1,
                  eps: float = 1e-2, aux_loss: bool = True, cross_attn_method: str = "default",
-                 query_select_method: str = "default"):
-        super().__init__()
-        if not len(feat_strides) == len(feat_channels) <= num_levels:
-            raise ValueError(f"RTDETRTransformerv2: feat_channels {list(feat_channels)} and feat_strides "
-                             f"{list(feat_strides)} must have one entry per input level, at most num_levels "
-                             f"({num_levels})")
-        if query_select_method not in QUERY_SELECT_METHODS:
-            raise ValueError(f"RTDETRTransformerv2: query_select_method must be one of {QUERY_SELECT_METHODS}, got "
-                             f"{query_select_method!r}")
-        if cross_attn_method not in CROSS_ATTN_METHODS:
-            raise ValueError(f"RTDETRTransformerv2: cross_attn_method must be one of {CROSS_ATTN_METHODS}, got "
-                             f"{cross_attn_method!r}")
-        feat_strides = list(feat_strides)
-        for _ in range(num_levels - len(feat_strides)):
-            feat_strides.append(feat_strides[-1] * 2)
-        self.hidden_dim = hidden_dim
-        self.nhead = nhead
-        self.feat_strides = feat_strides
-        self.num_levels = num_levels
-        self.num_classes = num_classes
-        self.num_queries = num_queries
-        self.eps = eps
-        self.num_layers = num_layers
-        self.eval_spatial_size = list(eval_spatial_size) if eval_spatial_size else None
-        self.aux_loss = aux_loss
-        self.cross_attn_method = cross_attn_method
-        self.query_select_method = query_select_method
+                 query_select_method: str = "default", mlp_act: str = "relu", query_pos_method: str = "default",
+                 denoising_method: str = "rtdetrv2"):
+        super().__init__(num_classes=num_classes, hidden_dim=hidden_dim, num_queries=num_queries,
+                         feat_channels=feat_channels, feat_strides=feat_strides, num_levels=num_levels, nhead=nhead,
+                         num_layers=num_layers, eval_spatial_size=eval_spatial_size, eps=eps, aux_loss=aux_loss,
+                         cross_attn_method=cross_attn_method, query_select_method=query_select_method)
         num_points = list(num_points) if isinstance(num_points, Sequence) else num_points
+        if denoising_method not in DENOISING_METHODS:
+            raise ValueError(f"RTDETRTransformerv2: denoising_method must be one of {DENOISING_METHODS}, got "
+                             f"{denoising_method!r}")
+        if denoising_method == "dfine":
+            self.denoising_group = dfine_denoising_group
 
         # the official construction order: the same seed draws the official initial weights
         self.input_proj = self._input_projections(list(feat_channels))
         layer = RTDETRv2DecoderLayer(hidden_dim, nhead, dim_feedforward, dropout, activation, num_levels, num_points,
                                      cross_attn_method=cross_attn_method)
         self.decoder = RTDETRv2Decoder(hidden_dim, layer, num_layers, eval_idx)
-        self.num_denoising = num_denoising
-        self.label_noise_ratio = label_noise_ratio
-        self.box_noise_scale = box_noise_scale
-        if num_denoising > 0:
-            self.denoising_class_embed = nn.Embedding(num_classes + 1, hidden_dim, padding_idx=num_classes)
-            nn.init.normal_(self.denoising_class_embed.weight[:-1])
-        self.learn_query_content = learn_query_content
-        if learn_query_content:
-            self.tgt_embed = nn.Embedding(num_queries, hidden_dim)
-        self.query_pos_head = MLP(4, 2 * hidden_dim, hidden_dim, 2)
-        self.enc_output = nn.Sequential(OrderedDict([("proj", nn.Linear(hidden_dim, hidden_dim)),
-                                                     ("norm", nn.LayerNorm(hidden_dim))]))
-        self.enc_score_head = nn.Linear(hidden_dim, 1 if query_select_method == "agnostic" else num_classes)
-        self.enc_bbox_head = MLP(hidden_dim, hidden_dim, 4, 3)
+        self._query_selection_modules(num_denoising, label_noise_ratio, box_noise_scale, learn_query_content,
+                                      mlp_act, query_pos_method)
         self.dec_score_head = nn.ModuleList([nn.Linear(hidden_dim, num_classes) for _ in range(num_layers)])
-        self.dec_bbox_head = nn.ModuleList([MLP(hidden_dim, hidden_dim, 4, 3) for _ in range(num_layers)])
-        self._eval_shapes = None
-        if self.eval_spatial_size:
-            height, width = self.eval_spatial_size
-            self._eval_shapes = [[int(height / stride), int(width / stride)] for stride in feat_strides]
-            anchors, valid_mask = rtdetr_anchors(self._eval_shapes, eps)
-            self.register_buffer("anchors", anchors)
-            self.register_buffer("valid_mask", valid_mask)
+        self.dec_bbox_head = nn.ModuleList([MLP(hidden_dim, hidden_dim, 4, 3, act=mlp_act) for _ in range(num_layers)])
         self._reset_parameters()
 
     def _input_projections(self, feat_channels: list[int]) -> nn.ModuleList:
@@ -229,41 +169,13 @@ class RTDETRTransformerv2(nn.Module):
         return projections
 
     def _reset_parameters(self) -> None:
-        bias = -math.log((1 - PRIOR_PROB) / PRIOR_PROB)
-        nn.init.constant_(self.enc_score_head.bias, bias)
-        nn.init.constant_(self.enc_bbox_head.layers[-1].weight, 0)
-        nn.init.constant_(self.enc_bbox_head.layers[-1].bias, 0)
         for score_head, bbox_head in zip(self.dec_score_head, self.dec_bbox_head):
-            nn.init.constant_(score_head.bias, bias)
+            nn.init.constant_(score_head.bias, prior_bias())
             nn.init.constant_(bbox_head.layers[-1].weight, 0)
             nn.init.constant_(bbox_head.layers[-1].bias, 0)
-        nn.init.xavier_uniform_(self.enc_output.proj.weight)
-        if self.learn_query_content:
-            nn.init.xavier_uniform_(self.tgt_embed.weight)
-        nn.init.xavier_uniform_(self.query_pos_head.layers[0].weight)
-        nn.init.xavier_uniform_(self.query_pos_head.layers[1].weight)
+        self._reset_query_selection_modules()
         for projection in self.input_proj:
             nn.init.xavier_uniform_(projection.conv.weight)
-
-    def _memory(self, feats: Sequence[Tensor]) -> tuple[Tensor, list[list[int]]]:
-        """Projected levels flattened row-major and concatenated: ``[B, S, D]``, and (H_l, W_l) per level."""
-        levels = [projection(feat) for projection, feat in zip(self.input_proj, feats)]
-        for level in range(len(feats), self.num_levels):
-            levels.append(self.input_proj[level](feats[-1] if level == len(feats) else levels[-1]))
-        shapes = [[level.shape[2], level.shape[3]] for level in levels]
-        return torch.cat([level.flatten(2).transpose(1, 2) for level in levels], dim=1), shapes
-
-    def _anchors(self, spatial_shapes: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
-        if not self.training and self._eval_shapes is not None and spatial_shapes == self._eval_shapes:
-            return self.anchors, self.valid_mask
-        return rtdetr_anchors(spatial_shapes, self.eps, device=device)
-
-    def _select_topk(self, logits: Tensor) -> Tensor:
-        """Indices ``[B, num_queries]`` of the selected tokens, from the encoder's logits ``[B, S, K]``."""
-        if self.query_select_method == "one2many":
-            index = torch.topk(logits.flatten(1), self.num_queries, dim=-1).indices
-            return index // self.num_classes
-        return top_k_tokens(logits, self.num_queries)  # agnostic: K = 1, its only logit
 
     def _queries(self, memory: Tensor, spatial_shapes: list[list[int]]) -> tuple[Tensor, Tensor, dict | None]:
         """Content ``[B, Q, D]`` and boxes in logit space ``[B, Q, 4]`` of the selected tokens (both detached),
@@ -292,15 +204,11 @@ class RTDETRTransformerv2(nn.Module):
         training, of layer ``eval_idx`` in evaluation. Training with ``aux_loss`` adds ``aux_outputs`` (the other
         layers, first to last), ``enc_aux_outputs`` (one entry: the selected tokens' encoder prediction),
         ``enc_meta`` {"class_agnostic": bool}, and with denoising ``dn_aux_outputs`` (every layer's denoising
-        queries, ``[B, P, ...]``) and ``dn_meta`` (see :func:`contrastive_denoising_group`).
+        queries, ``[B, P, ...]``) and ``dn_meta`` (see
+        :func:`~models.layers.denoising.contrastive_denoising_group`).
         """
         memory, spatial_shapes = self._memory(feats)
-        dn = None
-        if self.training and self.num_denoising > 0:
-            if targets is None:
-                raise ValueError("RTDETRTransformerv2: training with denoising needs the targets")
-            dn = contrastive_denoising_group(targets, self.num_classes, self.num_queries, self.denoising_class_embed,
-                                             self.num_denoising, self.label_noise_ratio, self.box_noise_scale)
+        dn = self._denoising(targets, self.box_noise_scale)
         content, ref_unact, encoder_prediction = self._queries(memory, spatial_shapes)
         if dn is not None:
             ref_unact = torch.cat([dn.anchors, ref_unact], dim=1)

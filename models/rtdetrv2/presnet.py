@@ -16,14 +16,15 @@ addition) and :attr:`spatial_conv` (the 3x3 convolution that a conv-augmenting b
 """
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from urllib.error import URLError
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from models.layers.hybrid_encoder import ConvNormAct, activation_layer
+from models.activation import activation_layer
+from models.layers.hybrid_encoder import ConvNormAct
+from util.checkpoint import downloaded_state_dict
 
 BLOCKS_PER_STAGE = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 STAGE_WIDTHS = (64, 128, 256, 512)  # a stage's inner width; bottleneck stages output 4x as many channels
@@ -224,10 +225,4 @@ class PResNet(nn.Module):
 def pretrained_state_dict(depth: int) -> dict[str, Tensor]:
     """The official ImageNet weights of PResNet-``depth`` (torch.hub's download cache; downloaded if missing). Without
     a network, an error that says which file to put where."""
-    url = PRETRAINED_URLS[depth]
-    try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, weights_only=True)
-    except (URLError, OSError) as exc:
-        path = f"{torch.hub.get_dir()}/checkpoints/{url.rsplit('/', 1)[-1]}"
-        raise FileNotFoundError(f"the ImageNet weights of PResNet-{depth} are not in torch.hub's cache and cannot "
-                                f"be downloaded ({exc}): copy {url} to {path}, or start from random weights") from exc
+    return downloaded_state_dict(PRETRAINED_URLS[depth], f"the ImageNet weights of PResNet-{depth}")

@@ -35,9 +35,45 @@ boxes as YOLO label files (class index = position in ``categories``; ``data.yaml
 VOC XML files (1-based inclusive pixel corners; ``labels.txt`` optional; chosen objects marked difficult). Crowd
 regions are left out of the YOLO copy and become difficult objects in the VOC copy.
 
+Hard mode (``--difficulty hard``; the default ``easy`` is all of the above, unchanged) makes detection data closer
+to COCO's difficulties, at the same counts when asked (``--num_train 2000 --num_val 200``)::
+
+    python -m tools.data.synthetic --out data/shapes_hard --num_train 2000 --num_val 200 --difficulty hard --seed 0
+
+- Image width and height drawn independently from [image_size, 1.5 x image_size] (``--image_size 128``: 128-192 px),
+  so sizes and aspect ratios are mixed; the JSON lists each image's own width and height.
+- Textured backgrounds: 1-3 of stripes (random angle and period, sharp or smooth), checkers (upright or turned),
+  linear or radial gradients and soft random blobs, the later ones blended over the first everywhere or over a
+  region with a soft straight edge; noise over the finished image.
+- Seven shapes with COCO-like sparse ids (``HARD_CATEGORIES``: rectangle 3, ellipse 17, triangle 28, diamond 44,
+  cross 62, star 77, ring 90, all COCO category ids, so ``num_classes`` is 91 as for COCO). Colours carry no class
+  information (every shape's colour is drawn afresh); the star (five points) and the ring (an ellipse with a hole)
+  differ from the others by outline and topology.
+- Colours drawn at random (they contrast with the background or not), 30% of them deliberately close (RGB
+  distance 30-60) to the mean colour under the shape; at least 30 from it, and 50 from the shapes it covers
+  where 20 draws find one.
+- Occlusion: 35% of shapes are placed over an earlier shape with a similar size, so some overlap heavily; every
+  shape keeps at least ``MIN_VISIBLE`` (30%) of its pixels visible, or the later shape is placed elsewhere.
+- 20% of shapes are placed across the image border (10-60% of their width or height outside).
+- Sizes: 18% of shapes are drawn 4-9 px wide and high (tiny); the rest log-uniform from 10 px to 70% of the shorter
+  image side. 1..max_objects (default ``HARD_MAX_OBJECTS``, 8) per image; 12% of images have none.
+- 10% of images (with objects) hold a crowd region: 6-16 small shapes (3-7 px) of one category in similar colours,
+  packed in a region of 20-45% of the image; one annotation with ``iscrowd`` 1 covers the group, its members have
+  none of their own (as COCO's crowd regions).
+- 10% of images are written as 8-bit greyscale JPEGs (one channel, as COCO's few greyscale images are; the datasets
+  read them as RGB).
+
+Annotations follow COCO's convention for what is seen (modal): ``segmentation`` is the compressed RLE (``counts`` a
+string; cheap, and occluded or ring-shaped regions are not one polygon) of the object's visible pixels, clipped to
+the image and less what later shapes cover; ``bbox`` is the tight bounds of those pixels (an occluded object's box
+is that of its visible part, a shape cut by the border has its box clipped to the image) and ``area`` their count.
+Crowd regions are RLE too. ``--panoptic`` is refused with ``--difficulty hard`` (no stuff categories). The YOLO and
+VOC copies work unchanged (``--layout``): crowd regions are left out of YOLO and become difficult objects in VOC;
+VOC's ``<truncated>`` stays 0 and ``<depth>`` 3 for all images.
+
 The output is a deterministic function of the parameters; ``generate`` leaves an existing dataset made with the
-same parameters alone. Detection mode writes byte for byte what it wrote before the panoptic mode existed (its
-parameters record no ``panoptic`` key), so detection datasets made then are kept.
+same parameters alone. Detection mode writes byte for byte what it wrote before the panoptic and hard modes existed
+(its parameters record no ``panoptic`` or ``difficulty`` key), so detection datasets made then are kept.
 """
 import argparse
 import json
@@ -296,8 +332,304 @@ def _make_image(size: int, max_objects: int, rng: np.random.Generator, panoptic:
     return image, visible_objects, (id_map, segments_info)
 
 
+# --- the hard mode (``difficulty="hard"``) --------------------------------------------------------------------------
+# Seven shapes with COCO-like sparse ids up to 90 (num_classes 91, as COCO's): today's five and two more.
+HARD_CATEGORIES = [
+    {"id": 3, "name": "rectangle", "supercategory": "shape"},
+    {"id": 17, "name": "ellipse", "supercategory": "shape"},
+    {"id": 28, "name": "triangle", "supercategory": "shape"},
+    {"id": 44, "name": "diamond", "supercategory": "shape"},
+    {"id": 62, "name": "cross", "supercategory": "shape"},
+    {"id": 77, "name": "star", "supercategory": "shape"},
+    {"id": 90, "name": "ring", "supercategory": "shape"},
+]
+DIFFICULTIES = ("easy", "hard")
+HARD_SIZE_FACTOR = 1.5  # image width and height drawn independently from [image_size, 1.5 * image_size]
+HARD_MAX_OBJECTS = 8  # default --max_objects of the hard mode (easy: 4)
+HARD_EMPTY_IMAGE_FRACTION = 0.12
+GRAYSCALE_FRACTION = 0.10  # images written as single-channel (8-bit greyscale) JPEGs
+CROWD_IMAGE_FRACTION = 0.10  # images (with objects) holding one crowd region
+TINY_FRACTION = 0.18  # shapes drawn 4-9 px wide and high
+TINY_SIDES = (4, 9)
+NORMAL_MIN_SIDE, NORMAL_MAX_SIDE = 10, 0.70  # other shapes: pixels .. fraction of the shorter image side
+OCCLUDING_FRACTION = 0.35  # shapes placed on top of an earlier shape, of a size like its
+BORDER_FRACTION = 0.20  # shapes placed across the image border
+MIN_VISIBLE = 0.30  # a shape keeps this fraction of its pixels visible (in the image, not covered)
+LOW_CONTRAST_FRACTION = 0.30  # shapes coloured close to what lies under them
+LOW_CONTRAST_DISTANCE = (30.0, 60.0)  # their RGB distance from the mean colour under them
+MIN_DISTANCE = 30.0  # RGB distance of any shape's colour from the mean colour under it
+NEIGHBOUR_DISTANCE = 50.0  # ... and from the colours of the shapes it covers
+TEXTURES = ("stripes", "checkers", "gradient", "blobs")
+
+
+def hard_size_range(image_size: int) -> tuple[int, int]:
+    """The smallest and largest image side (pixels) of the hard mode with ``image_size``."""
+    return image_size, round(HARD_SIZE_FACTOR * image_size)
+
+
+def _texture(kind: str, xs: np.ndarray, ys: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A ``[H, W, 3]`` float32 texture on the pixel grid ``xs``, ``ys`` (each ``[H, W]``)."""
+    first, second = rng.uniform(0, 255, size=3), rng.uniform(0, 255, size=3)
+    angle = rng.uniform(0, math.pi)
+    along = xs * math.cos(angle) + ys * math.sin(angle)
+    if kind == "stripes":  # of random angle and period, sharp or smooth
+        wave = np.sin(2 * math.pi * along / rng.uniform(3, 32) + rng.uniform(0, 2 * math.pi))
+        level = (wave > 0).astype(np.float32) if rng.random() < 0.5 else 0.5 + 0.5 * wave
+    elif kind == "checkers":  # square cells, upright or turned
+        turn = angle / 2 if rng.random() < 0.5 else 0.0
+        u, v = xs * math.cos(turn) + ys * math.sin(turn), ys * math.cos(turn) - xs * math.sin(turn)
+        cell = rng.uniform(3, 24)
+        level = ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float32)
+    elif kind == "gradient":  # linear or radial
+        if rng.random() < 0.5:
+            level = (along - along.min()) / max(float(np.ptp(along)), 1.0)
+        else:
+            distance = np.hypot(xs - rng.uniform(0, xs.shape[1]), ys - rng.uniform(0, xs.shape[0]))
+            level = distance / max(float(distance.max()), 1.0)
+    elif kind == "blobs":  # soft discs of random colours on a plain ground
+        texture = np.broadcast_to(first.astype(np.float32), xs.shape + (3,)).copy()
+        for _ in range(int(rng.integers(3, 11))):
+            centre, radius = rng.uniform(0, 1, size=2) * xs.shape[::-1], rng.uniform(3, 0.3 * max(xs.shape))
+            weight = np.exp(-((xs - centre[0]) ** 2 + (ys - centre[1]) ** 2) / (2 * radius ** 2))[:, :, None]
+            texture += weight * (rng.uniform(0, 255, size=3).astype(np.float32) - texture)
+        return texture
+    else:
+        raise ValueError(f"unknown texture {kind!r}")
+    return (first + (second - first) * level[:, :, None]).astype(np.float32)
+
+
+def _textured_background(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``[height, width, 3]`` float32 background: 1-3 textures of different kinds, the later ones blended over
+    the first everywhere or over a region with a soft straight edge."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    kinds = [TEXTURES[int(i)] for i in rng.permutation(len(TEXTURES))[:int(rng.choice([1, 2, 3], p=[0.3, 0.45, 0.25]))]]
+    pixels = _texture(kinds[0], xs, ys, rng)
+    for kind in kinds[1:]:
+        layer = _texture(kind, xs, ys, rng)
+        if rng.random() < 0.5:
+            weight = np.float32(rng.uniform(0.25, 0.6))
+        else:
+            angle = rng.uniform(0, 2 * math.pi)  # a soft straight edge through a point of the middle of the image
+            px, py = rng.uniform(0.2, 0.8) * width, rng.uniform(0.2, 0.8) * height
+            signed = (xs - px) * math.cos(angle) + (ys - py) * math.sin(angle)
+            weight = (0.5 + 0.5 * np.tanh(signed / rng.uniform(1, 16)))[:, :, None]
+        pixels += weight * (layer - pixels)
+    return pixels
+
+
+def _inside_polygon(vertices: list[tuple], xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Bool mask of the points (``xs``, ``ys``, broadcast) inside the polygon (even-odd rule)."""
+    inside = np.zeros(np.broadcast(xs, ys).shape, dtype=bool)
+    for (x1, y1), (x2, y2) in zip(vertices, vertices[-1:] + vertices[:-1]):
+        if y1 == y2:
+            continue
+        crosses = (y1 > ys) != (y2 > ys)
+        inside ^= crosses & (xs < x1 + (ys - y1) * (x2 - x1) / (y2 - y1))
+    return inside
+
+
+def _star_polygon(w: int, h: int, rng: np.random.Generator) -> list[tuple]:
+    """A five-pointed star, point up, stretched to fill the box (0, 0)-(w, h)."""
+    inner = rng.uniform(0.38, 0.55)
+    points = [((1.0 if k % 2 == 0 else inner) * math.cos(-math.pi / 2 + k * math.pi / 5),
+               (1.0 if k % 2 == 0 else inner) * math.sin(-math.pi / 2 + k * math.pi / 5)) for k in range(10)]
+    x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
+    y_lo, y_hi = min(p[1] for p in points), max(p[1] for p in points)
+    return [((x - x_lo) / (x_hi - x_lo) * w, (y - y_lo) / (y_hi - y_lo) * h) for x, y in points]
+
+
+def _hard_shape_mask(name: str, w: int, h: int, rng: np.random.Generator) -> np.ndarray:
+    """``[h, w]`` bool: the pixels (by their centres) of shape ``name`` filling a w x h box."""
+    xs, ys = np.arange(w, dtype=np.float64)[None, :] + 0.5, np.arange(h, dtype=np.float64)[:, None] + 0.5
+    if name in ("ellipse", "ring"):
+        radius = ((xs - w / 2) / (w / 2)) ** 2 + ((ys - h / 2) / (h / 2)) ** 2
+        mask = radius <= 1.0
+        if name == "ring":  # an ellipse with an elliptic hole of 45-65% of its radii
+            mask &= radius > rng.uniform(0.45, 0.65) ** 2
+        return mask
+    polygon = _star_polygon(w, h, rng) if name == "star" else _shape_polygon(name, 0, 0, w, h, rng)
+    return _inside_polygon(polygon, xs, ys)
+
+
+def _hard_colour(under: np.ndarray, avoid: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """An RGB colour (float, 0..255) for a shape drawn over pixels of mean colour ``under``: random, or with
+    LOW_CONTRAST_FRACTION close to ``under``; at least MIN_DISTANCE from ``under`` and NEIGHBOUR_DISTANCE from the
+    colours ``avoid`` of the shapes it covers where 20 draws find one."""
+    low_contrast = rng.random() < LOW_CONTRAST_FRACTION
+    for _ in range(20):
+        if low_contrast:
+            direction = rng.standard_normal(3)
+            colour = under + direction / max(np.linalg.norm(direction), 1e-6) * rng.uniform(*LOW_CONTRAST_DISTANCE)
+        else:
+            colour = rng.uniform(0, 255, size=3)
+        colour = np.clip(np.round(colour), 0, 255)
+        if np.linalg.norm(colour - under) >= MIN_DISTANCE and all(
+                np.linalg.norm(colour - other) >= NEIGHBOUR_DISTANCE for other in avoid):
+            break
+    return colour
+
+
+class _HardCanvas:
+    """One hard image being drawn: ``pixels`` ``[H, W, 3]`` float32, ``owner`` ``[H, W]`` the index of the object
+    on top of each pixel (-1: background), and per object its whole shape's pixel count (inside and outside the
+    image), its visible pixel count, category, colour, crowd flag and drawn box (x0, y0, w, h; may cross the
+    border)."""
+
+    def __init__(self, pixels: np.ndarray):
+        self.pixels = pixels
+        self.height, self.width = pixels.shape[:2]
+        self.owner = np.full((self.height, self.width), -1, dtype=np.int16)
+        self.full: list[int] = []
+        self.visible: list[int] = []
+        self.objects: list[dict] = []
+
+    def clip(self, x0: int, y0: int, mask: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray]:
+        """The image region that ``mask`` (``[h, w]``) covers when put at (x0, y0), and the part of it inside."""
+        h, w = mask.shape
+        top, left, bottom, right = max(y0, 0), max(x0, 0), min(y0 + h, self.height), min(x0 + w, self.width)
+        if top >= bottom or left >= right:
+            return (slice(0, 0), slice(0, 0)), mask[:0, :0]
+        return (slice(top, bottom), slice(left, right)), mask[top - y0:bottom - y0, left - x0:right - x0]
+
+    def try_place(self, x0: int, y0: int, mask: np.ndarray) -> Optional[tuple]:
+        """The clipped region of ``mask`` put at (x0, y0) and the indices of the objects it covers, or None when it
+        would leave less than MIN_VISIBLE of itself in the image or of an earlier object visible."""
+        region, clipped = self.clip(x0, y0, mask)
+        inside = int(clipped.sum())
+        if inside == 0 or inside < MIN_VISIBLE * int(mask.sum()):
+            return None
+        under = self.owner[region][clipped]
+        covered = np.bincount(under[under >= 0], minlength=len(self.objects))
+        for index, count in enumerate(covered):
+            if count and self.visible[index] - count < MIN_VISIBLE * self.full[index]:
+                return None
+        return region, clipped, [int(i) for i in np.flatnonzero(covered)]
+
+    def mean_under(self, region: tuple, clipped: np.ndarray) -> np.ndarray:
+        return self.pixels[region][clipped].mean(0)
+
+    def draw(self, region: tuple, clipped: np.ndarray, colour: np.ndarray, index: int) -> None:
+        """Paint ``clipped`` (at ``region``) in ``colour`` as part of object ``index`` (an existing one or the next)."""
+        under = self.owner[region][clipped]
+        for other, count in enumerate(np.bincount(under[under >= 0], minlength=len(self.objects))):
+            self.visible[other] -= int(count)
+        self.pixels[region][clipped] = colour
+        self.owner[region][clipped] = index
+        self.visible[index] += int(clipped.sum())
+
+    def add(self, category: dict, colour: np.ndarray, full: int, box: tuple, iscrowd: int) -> int:
+        self.objects.append({"category": category, "colour": colour, "iscrowd": iscrowd, "box": box})
+        self.full.append(full)
+        self.visible.append(0)
+        return len(self.objects) - 1
+
+
+def _shape_box(canvas: _HardCanvas, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(x0, y0, w, h) pixels of a new shape. On top of an earlier shape (OCCLUDING_FRACTION, when there is one):
+    its size 0.5-1.3 times that shape's, its centre within 40% of that shape's size of the other's. Else tiny
+    (TINY_FRACTION, sides TINY_SIDES) or log-uniform in [NORMAL_MIN_SIDE, NORMAL_MAX_SIDE of the shorter image side]
+    with aspect ratio 0.6-1.6, across the border (BORDER_FRACTION: 10-60% of its width or height beyond one edge)
+    or anywhere inside the image."""
+    singles = [obj["box"] for obj in canvas.objects if not obj["iscrowd"]]
+    mode = rng.random()
+    if singles and mode < OCCLUDING_FRACTION:
+        bx, by, bw, bh = singles[int(rng.integers(len(singles)))]
+        w, h = (max(TINY_SIDES[0], round(side * rng.uniform(0.5, 1.3))) for side in (bw, bh))
+        cx, cy = bx + bw / 2 + rng.uniform(-0.4, 0.4) * bw, by + bh / 2 + rng.uniform(-0.4, 0.4) * bh
+        return int(round(cx - w / 2)), int(round(cy - h / 2)), w, h
+    if rng.random() < TINY_FRACTION:
+        lo, hi = TINY_SIDES
+        w = int(rng.integers(lo, hi + 1))
+    else:
+        lo, hi = NORMAL_MIN_SIDE, max(NORMAL_MIN_SIDE + 1, round(NORMAL_MAX_SIDE * min(canvas.height, canvas.width)))
+        w = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+    h = int(np.clip(round(w * rng.uniform(0.6, 1.6)), lo, hi))
+    x0, y0 = int(rng.integers(0, max(1, canvas.width - w + 1))), int(rng.integers(0, max(1, canvas.height - h + 1)))
+    if mode > 1 - BORDER_FRACTION:
+        out, side = rng.uniform(0.1, 0.6), int(rng.integers(4))  # the share beyond the border, which border
+        if side == 0:
+            x0 = -round(out * w)
+        elif side == 1:
+            x0 = canvas.width - w + round(out * w)
+        elif side == 2:
+            y0 = -round(out * h)
+        else:
+            y0 = canvas.height - h + round(out * h)
+    return x0, y0, w, h
+
+
+def _draw_crowd(canvas: _HardCanvas, rng: np.random.Generator) -> None:
+    """A crowd region: 6-16 small shapes (3-7 px) of one category in similar colours, packed into a region of
+    20-45% of the image's width and height; one ``iscrowd`` object covering all of them."""
+    category = HARD_CATEGORIES[int(rng.integers(len(HARD_CATEGORIES)))]
+    rw, rh = round(rng.uniform(0.2, 0.45) * canvas.width), round(rng.uniform(0.2, 0.45) * canvas.height)
+    rx, ry = int(rng.integers(0, canvas.width - rw + 1)), int(rng.integers(0, canvas.height - rh + 1))
+    region = (slice(ry, ry + rh), slice(rx, rx + rw))
+    base = _hard_colour(canvas.pixels[region].reshape(-1, 3).mean(0), [], rng)
+    index = canvas.add(category, base, 0, (rx, ry, rw, rh), iscrowd=1)
+    for _ in range(int(rng.integers(6, 17))):
+        w, h = int(rng.integers(3, 8)), int(rng.integers(3, 8))
+        mask = _hard_shape_mask(category["name"], w, h, rng)
+        for _attempt in range(3):  # three tries for a place that touches no other member
+            x0, y0 = rx + int(rng.integers(0, max(1, rw - w + 1))), ry + int(rng.integers(0, max(1, rh - h + 1)))
+            if not (canvas.owner[max(0, y0 - 1):y0 + h + 1, max(0, x0 - 1):x0 + w + 1] == index).any():
+                break
+        member_region, clipped = canvas.clip(x0, y0, mask)
+        colour = np.clip(np.round(base + rng.normal(0, 12, size=3)), 0, 255)
+        canvas.draw(member_region, clipped, colour, index)
+    canvas.full[index] = canvas.visible[index]
+
+
+def _rle(mask: np.ndarray) -> dict:
+    """COCO compressed RLE (``counts`` as a string) of a ``[H, W]`` bool mask."""
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _make_hard_image(image_size: int, max_objects: int, rng: np.random.Generator
+                     ) -> tuple[Image.Image, list[dict], list[tuple[int, int, int]]]:
+    """One image of the hard mode (see the module docstring), its objects as ``{"category_id", "bbox" xywh px,
+    "area" px², "segmentation" (RLE), "iscrowd"}`` dicts, and each object's colour (RGB; of a crowd region the
+    colour its members vary around), in drawing order."""
+    lo, hi = hard_size_range(image_size)
+    width, height = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+    canvas = _HardCanvas(_textured_background(height, width, rng))
+    if max_objects > 0 and rng.random() >= HARD_EMPTY_IMAGE_FRACTION:
+        num_objects = int(rng.integers(1, max_objects + 1))
+        if rng.random() < CROWD_IMAGE_FRACTION:
+            _draw_crowd(canvas, rng)
+            num_objects -= 1
+        for _ in range(num_objects):
+            category = HARD_CATEGORIES[int(rng.integers(len(HARD_CATEGORIES)))]
+            for _attempt in range(20):
+                x0, y0, w, h = _shape_box(canvas, rng)
+                mask = _hard_shape_mask(category["name"], w, h, rng)
+                placed = canvas.try_place(x0, y0, mask)
+                if placed is not None:
+                    break
+            else:
+                continue  # no room: leave this shape out
+            region, clipped, covered = placed
+            colour = _hard_colour(canvas.mean_under(region, clipped),
+                                  [canvas.objects[i]["colour"] for i in covered], rng)
+            index = canvas.add(category, colour, int(mask.sum()), (x0, y0, w, h), iscrowd=0)
+            canvas.draw(region, clipped, colour, index)
+    pixels = canvas.pixels + rng.standard_normal(canvas.pixels.shape, dtype=np.float32) * rng.uniform(0, 6)
+    image = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB")
+    if rng.random() < GRAYSCALE_FRACTION:
+        image = image.convert("L")
+    objects, colours = [], []
+    for index, obj in enumerate(canvas.objects):
+        visible = canvas.owner == index
+        objects.append({"category_id": obj["category"]["id"], "bbox": _tight_bbox(visible),
+                        "area": int(visible.sum()), "segmentation": _rle(visible), "iscrowd": obj["iscrowd"]})
+        colours.append(tuple(int(c) for c in obj["colour"]))
+    return image, objects, colours
+
+
 def _write_split(out_dir: Path, folder: str, num_images: int, first_image_id: int, image_size: int,
-                 max_objects: int, rng: np.random.Generator, panoptic: bool = False) -> tuple[dict, Optional[dict]]:
+                 max_objects: int, rng: np.random.Generator, panoptic: bool = False, difficulty: str = "easy"
+                 ) -> tuple[dict, Optional[dict]]:
     """Write one split's images (and with ``panoptic`` its PNGs); returns its instances and panoptic JSON dicts."""
     image_dir = out_dir / folder
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -308,9 +640,13 @@ def _write_split(out_dir: Path, folder: str, num_images: int, first_image_id: in
     for index in range(num_images):
         image_id = first_image_id + index
         file_name = f"{image_id:012d}.jpg"
-        image, objects, segments = _make_image(image_size, max_objects, rng, panoptic)
+        if difficulty == "hard":
+            image, objects, _colours = _make_hard_image(image_size, max_objects, rng)
+            segments = None
+        else:
+            image, objects, segments = _make_image(image_size, max_objects, rng, panoptic)
         image.save(image_dir / file_name, quality=JPEG_QUALITY)
-        images.append({"id": image_id, "file_name": file_name, "height": image_size, "width": image_size})
+        images.append({"id": image_id, "file_name": file_name, "height": image.height, "width": image.width})
         for obj in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0, **obj})
         if panoptic:
@@ -319,7 +655,8 @@ def _write_split(out_dir: Path, folder: str, num_images: int, first_image_id: in
             (png_dir / png_name).write_bytes(encode_panoptic_png(id_map))
             panoptic_annotations.append({"image_id": image_id, "file_name": png_name, "segments_info": segments_info})
     info = {"description": "synthetic shapes (tools/data/synthetic.py)", "version": str(GENERATOR_VERSION)}
-    coco = {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": CATEGORIES}
+    categories = HARD_CATEGORIES if difficulty == "hard" else CATEGORIES
+    coco = {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
     if not panoptic:
         return coco, None
     return coco, {"info": info, "licenses": [], "images": images, "annotations": panoptic_annotations,
@@ -327,16 +664,26 @@ def _write_split(out_dir: Path, folder: str, num_images: int, first_image_id: in
 
 
 def generate(out_dir: str | Path, num_train: int = 1000, num_val: int = 200, image_size: int = 128, seed: int = 0,
-             max_objects: int = 4, quiet: bool = False, panoptic: bool = False) -> Path:
+             max_objects: Optional[int] = None, quiet: bool = False, panoptic: bool = False,
+             difficulty: str = "easy") -> Path:
     """Write the dataset under ``out_dir`` (skipped if it is already there with the same parameters); returns it.
 
     Image ids are 1..num_train for train and continue from num_train + 1 for val; annotation ids start at 1 in
-    each file. ``panoptic`` adds stuff backgrounds and the COCO panoptic files (see the module docstring). Refuses
+    each file. ``max_objects``: the most shapes per image (None: 4, or HARD_MAX_OBJECTS with ``difficulty``
+    "hard"). ``panoptic`` adds stuff backgrounds and the COCO panoptic files; ``difficulty`` "hard" makes the harder
+    images (image sides from ``image_size`` to 1.5 x ``image_size``; see the module docstring; not with
+    ``panoptic``). Refuses
     to overwrite ``train2017/``, ``val2017/``, ``annotations/`` or ``panoptic_{train,val}2017/`` that this
     generator did not write (no ``synthetic_params.json`` beside them).
     """
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16 pixels, got {image_size}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {list(DIFFICULTIES)}, got {difficulty!r}")
+    if difficulty == "hard" and panoptic:
+        raise ValueError("the hard mode writes detection data only (no panoptic files)")
+    if max_objects is None:
+        max_objects = HARD_MAX_OBJECTS if difficulty == "hard" else 4
     if min(num_train, num_val, max_objects) < 0:
         raise ValueError("num_train, num_val and max_objects must be >= 0")
     out_dir = Path(out_dir)
@@ -344,6 +691,8 @@ def generate(out_dir: str | Path, num_train: int = 1000, num_val: int = 200, ima
               "image_size": image_size, "seed": seed, "max_objects": max_objects}
     if panoptic:  # recorded only when set, so detection datasets written before the panoptic mode are still kept
         params["panoptic"] = True
+    if difficulty != "easy":  # likewise
+        params["difficulty"] = difficulty
     params_path = out_dir / PARAMS_FILE
     owned = ([out_dir / folder for _, folder in SPLITS] + [out_dir / "annotations"]
              + [out_dir / f"panoptic_{folder}" for _, folder in SPLITS])
@@ -374,7 +723,7 @@ def generate(out_dir: str | Path, num_train: int = 1000, num_val: int = 200, ima
         num_images = num_train if split == "train" else num_val
         rng = np.random.default_rng([seed, split_index])
         coco, panoptic_coco = _write_split(out_dir, folder, num_images, first_image_id, image_size, max_objects, rng,
-                                           panoptic)
+                                           panoptic, difficulty)
         (out_dir / "annotations" / f"instances_{folder}.json").write_text(json.dumps(coco))
         if panoptic:
             (out_dir / "annotations" / f"panoptic_{folder}.json").write_text(json.dumps(panoptic_coco))
@@ -383,11 +732,12 @@ def generate(out_dir: str | Path, num_train: int = 1000, num_val: int = 200, ima
         counts[split] = (num_images, len(coco["annotations"]), num_images - len(with_objects))
     params_path.write_text(json.dumps({"params": params, "complete": True}, indent=1))
     if not quiet:
-        categories = PANOPTIC_CATEGORIES if panoptic else CATEGORIES
+        categories = PANOPTIC_CATEGORIES if panoptic else HARD_CATEGORIES if difficulty == "hard" else CATEGORIES
         ids = [c["id"] for c in categories]
         parts = ", ".join(f"{s} {n} images / {a} objects / {e} empty" for s, (n, a, e) in counts.items())
         kind = f"panoptic, {len(CATEGORIES)} thing + {len(STUFF_CATEGORIES)} stuff" if panoptic else f"{len(ids)}"
-        print(f"synthetic COCO: {parts}; {image_size}px, {kind} categories (ids {ids}, "
+        sizes = "{}-{}px (hard)".format(*hard_size_range(image_size)) if difficulty == "hard" else f"{image_size}px"
+        print(f"synthetic COCO: {parts}; {sizes}, {kind} categories (ids {ids}, "
               f"num_classes {max(ids) + 1}) -> {out_dir} in {time.perf_counter() - start:.1f}s")
     return out_dir
 
@@ -494,9 +844,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
                         help="output directory (becomes --coco_path, or --data_path with --layout yolo or voc)")
     parser.add_argument("--num_train", type=int, default=1000)
     parser.add_argument("--num_val", type=int, default=200)
-    parser.add_argument("--image_size", type=int, default=128, help="image side in pixels (square images)")
+    parser.add_argument("--image_size", type=int, default=128,
+                        help="image side in pixels (easy: square images; hard: the shortest side, sides up to 1.5x)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max_objects", type=int, default=4, help="most shapes per image")
+    parser.add_argument("--max_objects", type=int, default=None,
+                        help=f"most shapes per image (default 4, or {HARD_MAX_OBJECTS} with --difficulty hard)")
+    parser.add_argument("--difficulty", default="easy", choices=DIFFICULTIES,
+                        help="easy: the CPU demo's data; hard: textured backgrounds, 7 shapes, occlusion, tiny "
+                             "objects, crowd regions, mixed sizes, greyscale images (see the module docstring)")
     parser.add_argument("--panoptic", action="store_true",
                         help="stuff backgrounds and COCO panoptic annotations too (becomes --coco_panoptic_path)")
     parser.add_argument("--layout", default="coco", choices=("coco", "yolo", "voc"),
@@ -504,8 +859,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     args = parser.parse_args(argv)
     if args.layout != "coco" and args.panoptic:
         parser.error("--panoptic writes the COCO layout only")
+    if args.difficulty == "hard" and args.panoptic:
+        parser.error("--difficulty hard writes detection data only (no --panoptic)")
     options = dict(num_train=args.num_train, num_val=args.num_val, image_size=args.image_size, seed=args.seed,
-                   max_objects=args.max_objects, panoptic=args.panoptic)
+                   max_objects=args.max_objects, panoptic=args.panoptic, difficulty=args.difficulty)
     if args.layout == "coco":
         return generate(args.out, **options)
     with tempfile.TemporaryDirectory() as coco_dir:

@@ -24,29 +24,42 @@ It saves, one function per part of the model, from the official code:
 
 On the way it checks that our modules load the official state dicts with strict=True and prints the largest
 difference between our values and the official ones. The official code is imported only when the script runs; the
-tests import this module for the presets, the cases and the ``run_*_case`` functions, never the official code.
+tests import this module for the presets, the cases and the ``run_*_case`` functions, never the official code. The
+seeds, inputs, probes and runs it shares with tools/reference/dfine.py are in tools/reference/common.py.
 """
 import argparse
-import contextlib
 import copy
 import json
-import sys
 import zlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from tools.reference.common import pack, unpack
+from tools.reference.common import (
+    CASE_SEED,
+    NAME_LISTS,
+    case_inputs,
+    case_targets,  # noqa: F401 (the tests read it from this module)
+    deploy_modules,
+    largest_difference,
+    official_src,
+    our_encoder_kwargs,
+    pack,
+    perturb,
+    postprocessor_cases,
+    run_decoder,
+    run_model,
+    run_module,
+    run_postprocessor,
+    same_initial_weights,
+    split_name_lists,
+    state_names_and_shapes,
+    unpack,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_FILE = ROOT / "tests" / "golden" / "rtdetrv2_reference.pt"
-CASE_SEED = 0
-PERTURB_SEED = 5
-INPUT_SEED = 3
-PROBE_SEED = 11
-NUM_PROBES = 8
 
 OFFICIAL_CONFIGS = {
     "r18vd": "configs/rtdetrv2/rtdetrv2_r18vd_120e_coco.yml",
@@ -99,10 +112,6 @@ ENCODER_CASES = {
 }
 
 
-def our_encoder_kwargs(official_kwargs: dict) -> dict:
-    """Official HybridEncoder arguments -> ours (``nhead`` is ``num_heads``)."""
-    return {("num_heads" if key == "nhead" else key): value for key, value in official_kwargs.items()}
-
 # The official configs' RTDETRTransformerv2 sections with the shared keys num_classes and eval_spatial_size, and
 # their criterion, matcher and post-processor sections (the same in every preset).
 _BASE_DECODER = {"feat_channels": [256, 256, 256], "feat_strides": [8, 16, 32], "hidden_dim": 256, "num_levels": 3,
@@ -120,9 +129,6 @@ CRITERION_PRESET = {"weight_dict": {"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 
                     "alpha": 0.75, "gamma": 2.0}
 MATCHER_PRESET = {"weight_dict": {"cost_class": 2, "cost_bbox": 5, "cost_giou": 2}, "alpha": 0.25, "gamma": 2.0}
 POSTPROCESSOR_PRESET = {"num_top_queries": 300}
-
-NOISE_SEED = 7  # torch.manual_seed before each training forward: the denoising noise (and any dropout)
-POSTPROCESS_SEED = 13
 
 # tiny decoder cases: (official constructor arguments, encoder maps (C, H, W) without the batch of 2, targets)
 _TINY_DECODER = {"num_classes": 5, "hidden_dim": 16, "num_queries": 6, "feat_channels": [8, 12, 16],
@@ -164,19 +170,10 @@ POSTPROCESSOR_CASES = {
     "coco_focal": ({"num_classes": 80, "use_focal_loss": True, "num_top_queries": 20}, (2, 7, 80), True),
     "softmax": ({"num_classes": 5, "use_focal_loss": False, "num_top_queries": 4}, (2, 7, 6), False),
 }
-ORIG_SIZES_WH = [[640, 480], [333, 500]]  # (width, height) per image, as the official datasets give orig_size
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # What the tests share with the generator
-
-def state_names_and_shapes(module: nn.Module) -> list[str]:
-    """One ``name:d0,d1,...`` line per state-dict entry, in order, then ``~name:...`` per non-persistent buffer."""
-    lines = [f"{k}:{','.join(map(str, v.shape))}" for k, v in module.state_dict().items()]
-    persistent = {k for k in module.state_dict()}
-    lines += [f"~{k}:{','.join(map(str, v.shape))}" for k, v in module.named_buffers() if k not in persistent]
-    return lines
-
 
 def compress(names: dict[str, list[str]]) -> torch.Tensor:
     """Name lists by key as zlib-compressed JSON in a uint8 tensor (one stream: the lists repeat each other)."""
@@ -187,206 +184,36 @@ def decompress(packed: torch.Tensor) -> dict[str, list[str]]:
     return json.loads(zlib.decompress(bytes(packed.tolist())).decode())
 
 
-@torch.no_grad()
-def perturb(module: nn.Module, seed: int = PERTURB_SEED, scale: float = 0.05) -> None:
-    """Move every floating-point state-dict entry off its initial value, in the order of the sorted names: running
-    variances become ``0.5 + U(0, 1)``, everything else gets ``scale * N(0, 1)`` added (so BatchNorm statistics,
-    frozen or not, take part)."""
-    g = torch.Generator().manual_seed(seed)
-    state = module.state_dict(keep_vars=True)
-    for name in sorted(state):
-        tensor = state[name]
-        if not tensor.is_floating_point():
-            continue
-        if name.endswith("running_var"):
-            tensor.data.copy_(0.5 + torch.rand(tensor.shape, generator=g))
-        else:
-            tensor.data.add_(scale * torch.randn(tensor.shape, generator=g))
-
-
-def probe(tensor: torch.Tensor) -> torch.Tensor:
-    """``NUM_PROBES`` fixed random projections of a tensor (float64, the same for every tensor of its size): a
-    few numbers that change with any of its values."""
-    g = torch.Generator().manual_seed(PROBE_SEED)
-    weights = torch.randn(NUM_PROBES, tensor.numel(), generator=g, dtype=torch.float64)
-    return weights @ tensor.double().flatten()
-
-
-def case_inputs(shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
-    """Float64 inputs of a case, batch 2."""
-    g = torch.Generator().manual_seed(INPUT_SEED)
-    return [torch.randn(2, *shape, generator=g, dtype=torch.float64) for shape in shapes]
-
-
-def _run(module: nn.Module, inputs: list[torch.Tensor], call: Callable, deploy: bool) -> dict[str, torch.Tensor]:
-    """Probes of the outputs in training mode (and the gradient norms of their probe sum), in evaluation mode and,
-    with ``deploy``, after ``convert_to_deploy`` of every module that has it."""
-    result = {}
-    module.double().train()
-    outputs = call(module, inputs)
-    result["train"] = torch.stack([probe(out) for out in outputs]).detach()
-    module.zero_grad()
-    sum(probe(out).sum() for out in outputs).backward()
-    result["grad_norms"] = torch.stack([p.grad.norm() for p in module.parameters() if p.grad is not None])
-    module.eval()
-    with torch.no_grad():
-        result["eval"] = torch.stack([probe(out) for out in call(module, inputs)])
-        if deploy:
-            for sub in module.modules():
-                if hasattr(sub, "convert_to_deploy"):
-                    sub.convert_to_deploy()
-            result["deploy"] = torch.stack([probe(out) for out in call(module, inputs)])
-    return result
-
-
 def run_backbone_case(backbone: nn.Module, name: str) -> dict[str, torch.Tensor]:
     """A perturbed backbone (official or ours, built from ``CASE_SEED``) on the case's images."""
     perturb(backbone)
-    return _run(backbone, case_inputs([BACKBONE_CASES[name][1]]), lambda m, x: m(x[0]), deploy=False)
+    return run_module(backbone, case_inputs([BACKBONE_CASES[name][1]]), lambda m, x: m(x[0]), deploy=False)
 
 
 def run_encoder_case(encoder: nn.Module, name: str) -> dict[str, torch.Tensor]:
     """A perturbed encoder (official or ours, built from ``CASE_SEED``) on the case's feature maps."""
     perturb(encoder)
-    return _run(encoder, case_inputs(ENCODER_CASES[name][1]), lambda m, x: m(x), deploy=True)
-
-
-def case_targets(kind: str) -> list[dict]:
-    """Hand-made float64 targets of a batch of two images (classes < 5): ``mixed``: three boxes of classes 1, 4, 0,
-    then an image without targets; ``class_0``: the same boxes, all of class 0; ``empty``: no targets at all."""
-    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.1, 0.1], [0.7, 0.25, 0.4, 0.3]], dtype=torch.float64)
-    labels = {"mixed": [1, 4, 0], "class_0": [0, 0, 0], "empty": []}[kind]
-    first = {"labels": torch.tensor(labels, dtype=torch.int64), "boxes": boxes[:len(labels)]}
-    return [first, {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4, dtype=torch.float64)}]
-
-
-def fingerprint(module: nn.Module) -> dict:
-    """Two numbers per floating-point state-dict entry, its sum and its sum weighted by sin(1), sin(2), ...: they
-    tell initial weights apart without saving them."""
-    state = module.state_dict()
-    names = [k for k, v in state.items() if v.is_floating_point()]
-    rows = []
-    for name in names:
-        values = state[name].double().flatten()
-        weights = torch.arange(1, values.numel() + 1, dtype=torch.float64).sin()
-        rows.append(torch.stack([values.sum(), (values * weights).sum()]))
-    return {"init": torch.stack(rows), "init_names": names}
-
-
-def _output_tensors(outputs: dict, prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors of an output dict, nested lists of dicts included, by path (``train/aux_outputs/0/pred_boxes``)."""
-    tensors = {}
-    for key, value in outputs.items():
-        if isinstance(value, torch.Tensor):
-            tensors[f"{prefix}/{key}"] = value
-        elif isinstance(value, list):
-            for i, entry in enumerate(value):
-                tensors.update(_output_tensors(entry, f"{prefix}/{key}/{i}"))
-    return tensors
-
-
-def _meta_values(outputs: dict, prefix: str) -> dict:
-    """``enc_meta`` and ``dn_meta`` of an output dict, by path."""
-    values = {}
-    if "enc_meta" in outputs:
-        values[f"{prefix}/enc_meta/class_agnostic"] = outputs["enc_meta"]["class_agnostic"]
-    if "dn_meta" in outputs:
-        meta = outputs["dn_meta"]
-        values.update({f"{prefix}/dn_meta/dn_positive_idx/{i}": idx for i, idx in enumerate(meta["dn_positive_idx"])})
-        values[f"{prefix}/dn_meta/dn_num_group"] = meta["dn_num_group"]
-        values[f"{prefix}/dn_meta/dn_num_split"] = list(meta["dn_num_split"])
-    return values
-
-
-def _matcher_indices(matcher: nn.Module, outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
-    matched = matcher(outputs, targets)
-    indices = matched["indices"] if isinstance(matched, dict) else matched  # the official returns a dict
-    return {f"indices/{i}/{part}": tensor for i, pair in enumerate(indices)
-            for part, tensor in zip(("queries", "targets"), pair)}
-
-
-def _train_step(module: nn.Module, inputs, targets: list[dict], criterion: nn.Module) -> dict:
-    """Float64 training forward (noise from ``NOISE_SEED``): output probes and metadata, the criterion's terms, the
-    matcher's indices on the last layer, and the gradient norms (by parameter) of the terms plus the probes."""
-    module.double().train()
-    torch.manual_seed(NOISE_SEED)
-    outputs = module(inputs, targets)
-    tensors = _output_tensors(outputs, "train")
-    losses = criterion(outputs, targets)
-    values = {name: probe(tensor).detach() for name, tensor in tensors.items()}
-    values.update(_meta_values(outputs, "train"))
-    values.update({f"loss/{name}": loss.detach() for name, loss in losses.items()})
-    values.update(_matcher_indices(criterion.matcher, outputs, targets))
-    module.zero_grad()
-    (sum(losses.values()) + sum(probe(tensor).sum() for tensor in tensors.values())).backward()
-    names = [name for name, param in module.named_parameters() if param.grad is not None]
-    values["grad_names"] = names
-    values["grad_norms"] = torch.stack([module.get_parameter(name).grad.norm() for name in names])
-    return values
-
-
-def _eval_probes(module: nn.Module, inputs, prefix: str) -> dict[str, torch.Tensor]:
-    with torch.no_grad():
-        return {name: probe(tensor) for name, tensor in _output_tensors(module(inputs), prefix).items()}
-
-
-def _detections(result, prefix: str) -> dict[str, torch.Tensor]:
-    """A post-processor's result (list of dicts, or the deploy tuple (labels, boxes, scores)) by path."""
-    if isinstance(result, tuple):
-        return {f"{prefix}/{key}": value for key, value in zip(("labels", "boxes", "scores"), result)}
-    return {f"{prefix}/{i}/{key}": value for i, image in enumerate(result) for key, value in image.items()}
+    return run_module(encoder, case_inputs(ENCODER_CASES[name][1]), lambda m, x: m(x), deploy=True)
 
 
 def run_decoder_case(decoder: nn.Module, criterion: nn.Module, name: str) -> dict:
     """A decoder (official or ours, built from ``CASE_SEED``): its initial fingerprint, then perturbed, a training
-    step and an evaluation on the case's maps (float64)."""
+    step and an evaluation on the case's maps (float64; :func:`~tools.reference.common.run_decoder`)."""
     _, shapes, kind = DECODER_CASES[name]
-    values = fingerprint(decoder)
-    perturb(decoder)
-    feats = [feat.requires_grad_() for feat in case_inputs(shapes)]
-    values.update(_train_step(decoder, feats, case_targets(kind), criterion))
-    values["input_grad_norms"] = torch.stack([feat.grad.norm() for feat in feats])
-    decoder.eval()
-    values.update(_eval_probes(decoder, [feat.detach() for feat in feats], "eval"))
-    return values
+    return run_decoder(decoder, criterion, shapes, kind)
 
 
 def run_model_case(model: nn.Module, criterion: nn.Module, postprocessor: nn.Module, name: str) -> dict:
     """A whole model (official or ours, built from ``CASE_SEED`` in the order backbone, encoder, decoder): as
     :func:`run_decoder_case` on the case's images, plus the post-processor's detections in evaluation (sizes
-    ``ORIG_SIZES_WH``) and the outputs after ``deploy()``."""
+    ``ORIG_SIZES_WH``) and the outputs after ``deploy()`` (:func:`~tools.reference.common.run_model`)."""
     _, shape, kind = MODEL_CASES[name]
-    values = fingerprint(model)
-    perturb(model)
-    images = case_inputs([shape])[0].requires_grad_()
-    values.update(_train_step(model, images, case_targets(kind), criterion))
-    values["input_grad_norms"] = images.grad.norm()[None]
-    images = images.detach()
-    model.eval()
-    with torch.no_grad():
-        outputs = model(images)
-        values.update({name: probe(t) for name, t in _output_tensors(outputs, "eval").items()})
-        values.update(_detections(postprocessor(outputs, torch.tensor(ORIG_SIZES_WH)), "postprocess"))
-    model.deploy()
-    values.update(_eval_probes(model, images, "deploy"))
-    return values
-
-
-def postprocessor_inputs(name: str) -> dict[str, torch.Tensor]:
-    """Fixed float64 model outputs of a post-processor case: logits N(0, 4), boxes inside the image."""
-    g = torch.Generator().manual_seed(POSTPROCESS_SEED)
-    shape = POSTPROCESSOR_CASES[name][1]
-    logits = 2 * torch.randn(shape, generator=g, dtype=torch.float64)
-    centres = 0.2 + 0.6 * torch.rand(*shape[:2], 2, generator=g, dtype=torch.float64)
-    sizes = 0.05 + 0.3 * torch.rand(*shape[:2], 2, generator=g, dtype=torch.float64)
-    return {"pred_logits": logits, "pred_boxes": torch.cat([centres, sizes], -1)}
+    return run_model(model, criterion, postprocessor, shape, kind)
 
 
 def run_postprocessor_case(postprocessor: nn.Module, name: str) -> dict[str, torch.Tensor]:
     """Detections of the case's outputs at sizes ``ORIG_SIZES_WH`` (w, h), then of the deployed post-processor."""
-    outputs, sizes = postprocessor_inputs(name), torch.tensor(ORIG_SIZES_WH)
-    values = _detections(postprocessor(outputs, sizes), "result")
-    return {**values, **_detections(postprocessor.deploy()(outputs, sizes), "deploy")}
+    return run_postprocessor(postprocessor, POSTPROCESSOR_CASES[name][1])
 
 
 def our_criterion(num_classes: int, num_layers: int) -> nn.Module:
@@ -416,15 +243,6 @@ def our_model(backbone_kwargs: dict, encoder_kwargs: dict, decoder_kwargs: dict)
     return RTDETR(backbone, encoder, RTDETRTransformerv2(**decoder_kwargs))
 
 
-NAME_LISTS = ("init_names", "grad_names")  # saved in the compressed ``names`` stream, where they repeat each other
-
-
-def split_name_lists(part: str, cases: dict[str, dict]) -> dict[str, list[str]]:
-    """Take the parameter-name lists out of the cases' values: ``{part}/{case}/{list}`` -> names."""
-    return {f"{part}/{case}/{key}": values.pop(key) for case, values in cases.items() for key in NAME_LISTS
-            if key in values}
-
-
 def load_reference() -> dict:
     """The saved values: ``names`` (part/preset -> lines); ``backbone``, ``encoder``, ``decoder``, ``model`` and
     ``postprocessor`` (case -> values)."""
@@ -441,19 +259,6 @@ def load_reference() -> dict:
 
 # ---------------------------------------------------------------------------------------------------------------
 # The official code (run time only)
-
-@contextlib.contextmanager
-def official_src(path: Path) -> Iterator[None]:
-    """Inside, ``import src...`` imports the official package from ``path``; its modules leave ``sys.modules`` on
-    exit (the references taken inside stay usable). This repository has no ``src`` package to set aside."""
-    sys.path.insert(0, str(path))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(path))
-        for key in [k for k in sys.modules if k.split(".")[0] == "src"]:
-            del sys.modules[key]
-
 
 def check_presets(path: Path) -> None:
     """Our preset values are the official configs' (with their includes)."""
@@ -477,23 +282,6 @@ def check_presets(path: Path) -> None:
             assert config["RTDETRPostProcessor"] == POSTPROCESSOR_PRESET, preset
             assert config["RTDETR"] == {"backbone": "PResNet", "encoder": "HybridEncoder",
                                         "decoder": "RTDETRTransformerv2"}, preset
-
-
-def _largest_difference(ours: dict, official: dict) -> float:
-    """Largest absolute difference of the floating-point values; everything else must be equal."""
-    assert sorted(ours) == sorted(official), sorted(set(ours) ^ set(official))
-    largest = 0.0
-    for key, expected in official.items():
-        actual = ours[key]
-        if isinstance(expected, torch.Tensor) and expected.is_floating_point():
-            assert actual.dtype == expected.dtype and actual.shape == expected.shape, key
-            if expected.numel():
-                largest = max(largest, (actual - expected).abs().max().item())
-        elif isinstance(expected, torch.Tensor):
-            assert actual.dtype == expected.dtype and torch.equal(actual, expected), key
-        else:
-            assert actual == expected, (key, actual, expected)
-    return largest
 
 
 def _same_names(ours: nn.Module, official: nn.Module, what: str) -> list[str]:
@@ -527,10 +315,7 @@ def official_names(path: Path) -> dict[str, list[str]]:
                 assert torch.equal(table, ours.get_buffer(name)), (preset, name)
         result[f"encoder/{preset}"] = _same_names(ours, official, preset)
         for module in (official, ours):
-            module.eval()
-            for sub in module.modules():
-                if hasattr(sub, "convert_to_deploy"):
-                    sub.convert_to_deploy()
+            deploy_modules(module)
         result[f"encoder_deploy/{preset}"] = _same_names(ours, official, f"{preset} deployed")
         ours.load_state_dict(official.state_dict(), strict=True)
         official_decoder = OfficialRTDETRTransformerv2(**copy.deepcopy(DECODER_PRESETS[preset]))  # moves to the CPU
@@ -558,7 +343,7 @@ def official_backbone_cases(path: Path) -> dict[str, dict]:
         assert all(torch.equal(v, ours.state_dict()[k]) for k, v in official.state_dict().items()), name
         expected = run_backbone_case(official, name)
         actual = run_backbone_case(ours, name)
-        print(f"backbone {name}: ours vs official, largest difference {_largest_difference(actual, expected):.3g}")
+        print(f"backbone {name}: ours vs official, largest difference {largest_difference(actual, expected):.3g}")
         result[name] = pack(expected)
     return result
 
@@ -574,7 +359,7 @@ def official_encoder_cases(path: Path) -> dict[str, dict]:
         expected = run_encoder_case(OfficialHybridEncoder(**kwargs), name)
         torch.manual_seed(CASE_SEED)
         actual = run_encoder_case(rtdetrv2_hybrid_encoder(**our_encoder_kwargs(kwargs)), name)
-        print(f"encoder {name}: ours vs official, largest difference {_largest_difference(actual, expected):.3g}")
+        print(f"encoder {name}: ours vs official, largest difference {largest_difference(actual, expected):.3g}")
         result[name] = pack(expected)
     return result
 
@@ -603,14 +388,6 @@ def _official_classes(path: Path) -> dict:
             "RTDETRTransformerv2": RTDETRTransformerv2, "mscoco_label2category": mscoco_label2category}
 
 
-def _same_initial_weights(ours: nn.Module, official: nn.Module, what: str) -> None:
-    """Same names, shapes and initial values (drawn from the same seed); ours loads the official state strictly."""
-    assert state_names_and_shapes(ours) == state_names_and_shapes(official), what
-    official_state = official.state_dict()
-    assert all(torch.equal(value, official_state[key]) for key, value in ours.state_dict().items()), what
-    copy.deepcopy(ours).load_state_dict(official_state, strict=True)
-
-
 def official_decoder_cases(classes: dict) -> dict[str, dict]:
     from models.rtdetrv2.decoder import RTDETRTransformerv2
 
@@ -621,10 +398,10 @@ def official_decoder_cases(classes: dict) -> dict[str, dict]:
         official = classes["RTDETRTransformerv2"](**copy.deepcopy(kwargs))
         torch.manual_seed(CASE_SEED)
         ours = RTDETRTransformerv2(**kwargs)
-        _same_initial_weights(ours, official, name)
+        same_initial_weights(ours, official, name, state_names_and_shapes)
         expected = run_decoder_case(official, criterion, name)
         actual = run_decoder_case(ours, our_criterion(kwargs["num_classes"], kwargs["num_layers"]), name)
-        print(f"decoder {name}: ours vs official, largest difference {_largest_difference(actual, expected):.3g}")
+        print(f"decoder {name}: ours vs official, largest difference {largest_difference(actual, expected):.3g}")
         result[name] = expected
     return result
 
@@ -644,30 +421,21 @@ def official_model_cases(classes: dict) -> dict[str, dict]:
                                      classes["RTDETRTransformerv2"](**copy.deepcopy(decoder_kwargs)))
         torch.manual_seed(CASE_SEED)
         ours = our_model(kwargs["backbone"], kwargs["encoder"], decoder_kwargs)
-        _same_initial_weights(ours, official, name)
+        same_initial_weights(ours, official, name, state_names_and_shapes)
         expected = run_model_case(official, criterion, postprocessor, name)
         actual = run_model_case(ours, our_criterion(decoder_kwargs["num_classes"], decoder_kwargs["num_layers"]),
                                 RTDETRPostProcessor(num_classes=decoder_kwargs["num_classes"],
                                                     num_top_queries=kwargs["num_top_queries"]), name)
-        print(f"model {name}: ours vs official, largest difference {_largest_difference(actual, expected):.3g}")
+        print(f"model {name}: ours vs official, largest difference {largest_difference(actual, expected):.3g}")
         result[name] = expected
     return result
 
 
 def official_postprocessor_cases(classes: dict, path: Path) -> dict[str, dict]:
-    from models.postprocess import RTDETRPostProcessor
-
     coco_ids = [classes["mscoco_label2category"][label] for label in range(80)]
-    result = {}
-    for name, (kwargs, _, remap) in POSTPROCESSOR_CASES.items():
-        with official_src(path):  # the official post-processor imports its COCO mapping when it runs
-            official = classes["RTDETRPostProcessor"](**kwargs, remap_mscoco_category=remap)
-            expected = run_postprocessor_case(official, name)
-        actual = run_postprocessor_case(RTDETRPostProcessor(**kwargs, category_ids=coco_ids if remap else None), name)
-        print(f"postprocessor {name}: ours vs official, largest difference "
-              f"{_largest_difference(actual, expected):.3g}")
-        result[name] = pack(expected)
-    return result
+    cases = postprocessor_cases(POSTPROCESSOR_CASES, classes["RTDETRPostProcessor"], lambda: official_src(path),
+                                coco_ids)
+    return {name: pack(values) for name, values in cases.items()}
 
 
 def main() -> None:
