@@ -142,3 +142,13 @@ class MaskedAttention(nn.Module):
         if key not in self._resized:
             self._resized[key] = F.interpolate(self._mask[None].float(), size=key).to(torch.bool)[0]
         return self._resized[key]
+
+
+def attach_backbone_attention(backbone: nn.Module, args, last_stage: int = 4) -> nn.Module:
+    """``backbone`` with the blocks of ``--backbone_attn`` / ``--attn_stages`` / ``--attn_position`` held as ``attn``
+    (identities at first; nothing added without a block): for backbones that expose ``residual_stage`` (PResNet,
+    HGNetv2). Returns ``backbone``."""
+    plan = make_plan(args.backbone_attn, args.attn_stages, args.attn_position, last_stage)
+    if plan is not None:
+        backbone.attn = MaskedAttention(backbone, plan)
+    return backbone

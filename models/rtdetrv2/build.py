@@ -10,7 +10,8 @@ import argparse
 
 from torch import nn
 
-from models.backbone_attention import MaskedAttention, make_plan
+from models.backbone import wants_imagenet_weights
+from models.backbone_attention import attach_backbone_attention
 from models.criterion import MatchabilityAwareSetCriterion, VarifocalSetCriterion
 from models.layers.hybrid_encoder import rtdetrv2_hybrid_encoder
 from models.layers.real_time_transformer import QUERY_POS_METHODS
@@ -53,13 +54,10 @@ def check_flags(args: argparse.Namespace) -> None:
 
 def build_backbone(args: argparse.Namespace) -> PResNet:
     """PResNet with the backbone attention blocks of --backbone_attn (held as ``attn``, identities at first)."""
-    pretrained = args.pretrained_backbone and not (args.resume or args.finetune_from or args.eval)
+    pretrained = wants_imagenet_weights(args)
     backbone = PResNet(depth=args.depth, variant=args.variant, num_stages=4, return_idx=args.return_idx,
                        freeze_at=args.freeze_at, freeze_norm=args.freeze_norm, pretrained=pretrained)
-    plan = make_plan(args.backbone_attn, args.attn_stages, args.attn_position, 4)
-    if plan is not None:
-        backbone.attn = MaskedAttention(backbone, plan)
-    return backbone
+    return attach_backbone_attention(backbone, args)
 
 
 def build(args: argparse.Namespace, is_thing_map: dict[int, bool] | None = None) -> tuple[nn.Module, nn.Module, dict]:
