@@ -3,6 +3,13 @@ seeds, on the same data.
 
 Usage: python -m benchmarks.convergence --presets configs/demo_cpu.yaml configs/demo_cpu_deformable.yaml \\
            [--seeds 42 43] [--data data/synthetic] [--out outputs/convergence] [--speed_rounds 5] [--reuse_recorded]
+           [--difficulty hard] [--data_seed 0] [--num_train 2000] [--num_val 200] [--image_size 128] [--record NAME]
+
+The data set is generated (or kept) with tools.data.synthetic from ``--difficulty``, ``--data_seed``, the counts and
+``--image_size``: the README's easy set by default, ``--difficulty hard`` the harder one, other seeds and sizes an
+independently generated set. Each set keeps its own record, ``--record`` (default ``convergence`` for the default
+easy set, ``convergence_hard`` for the default hard set, else built from the parameters): ``RECORD.json`` and
+``RECORD.png`` beside this file and a section of benchmarks/RESULTS.md between ``<!-- RECORD:begin/end -->``.
 
 For each preset and seed, trains with evaluation after every epoch (``--eval_every 1``) into
 ``OUT/<preset>_seed<seed>`` (an interrupted run resumes from its checkpoint; a finished one is read back). Then,
@@ -30,7 +37,7 @@ from tools.data.synthetic import generate
 from util.config import parse_args_with_config
 
 HERE = Path(__file__).resolve().parent
-BEGIN, END = "<!-- convergence:begin -->", "<!-- convergence:end -->"
+DATA_DEFAULTS = {"difficulty": "easy", "data_seed": 0, "num_train": 2000, "num_val": 200, "image_size": 128}
 
 
 def preset_args(preset: str, extra: list[str]) -> argparse.Namespace:
@@ -38,19 +45,21 @@ def preset_args(preset: str, extra: list[str]) -> argparse.Namespace:
     return parse_args_with_config(parser, ["--config", preset, *extra])
 
 
+def train_run(preset: str, seed: int, data: Path, run_dir: Path, extra: list[str] = ()) -> list[dict]:
+    """The run's log.txt lines (one per epoch, evaluated after each), training (or resuming) first where the log is
+    not complete. ``extra``: flags after the preset's."""
+    args = preset_args(preset, ["--coco_path", str(data), "--seed", str(seed), "--output_dir", str(run_dir),
+                                *extra, "--eval_every", "1", "--auto_resume"])
+    log = _read_log(run_dir)
+    if len(log) < args.epochs:
+        run(args)
+        log = _read_log(run_dir)
+    return log
+
+
 def train_runs(preset: str, seeds: list[int], data: Path, out: Path) -> list[list[dict]]:
     """Each seed's log.txt lines (one per epoch), training first where the log is not complete."""
-    logs = []
-    for seed in seeds:
-        run_dir = out / f"{Path(preset).stem}_seed{seed}"
-        args = preset_args(preset, ["--coco_path", str(data), "--seed", str(seed), "--output_dir", str(run_dir),
-                                    "--eval_every", "1", "--auto_resume"])
-        log = _read_log(run_dir)
-        if len(log) < args.epochs:
-            run(args)
-            log = _read_log(run_dir)
-        logs.append(log)
-    return logs
+    return [train_run(preset, seed, data, out / f"{Path(preset).stem}_seed{seed}") for seed in seeds]
 
 
 def _read_log(run_dir: Path) -> list[dict]:
@@ -75,9 +84,34 @@ def training_speed(presets: list[str], rounds: int) -> dict[str, float]:
     return {p: statistics.median(v) for p, v in samples.items()}
 
 
-def recorded_summary(preset: str, seeds: list[int]) -> dict | None:
-    """The summary convergence.json holds for ``preset`` with as many seeds, else None."""
-    record = HERE / "convergence.json"
+def record_name(options: argparse.Namespace) -> str:
+    """``--record``, or the name of the data set's record: ``convergence`` (easy), ``convergence_hard`` (hard), or
+    with other parameters one built from those that differ from the defaults."""
+    if options.record:
+        return options.record
+    name = "convergence" if options.difficulty == "easy" else f"convergence_{options.difficulty}"
+    for key in ("data_seed", "num_train", "num_val", "image_size"):
+        if getattr(options, key) != DATA_DEFAULTS[key]:
+            name += f"_{key}{getattr(options, key)}"
+    return name
+
+
+def data_folder(options: argparse.Namespace) -> Path:
+    """``--data``, or data/synthetic for the default easy set, else data/synthetic_<what differs from it>."""
+    if options.data:
+        return Path(options.data)
+    default_name = record_name(argparse.Namespace(**{**vars(options), "record": None}))
+    return Path("data/synthetic" + default_name[len("convergence"):])
+
+
+def data_description(options: argparse.Namespace) -> str:
+    kind = "easy synthetic set" if options.difficulty == "easy" else f"{options.difficulty} synthetic set"
+    return (f"{kind} (`tools.data.synthetic --difficulty {options.difficulty} --seed {options.data_seed} --num_train "
+            f"{options.num_train} --num_val {options.num_val} --image_size {options.image_size}`)")
+
+
+def recorded_summary(preset: str, seeds: list[int], record: Path) -> dict | None:
+    """The summary ``record`` (a RECORD.json) holds for ``preset`` with as many seeds, else None."""
     if not record.is_file():
         return None
     return next((s for s in json.loads(record.read_text()) if s["preset"] == preset and s["seeds"] == len(seeds)),
@@ -112,10 +146,10 @@ def iterations_to_reach(summary: dict, target: float) -> int | None:
     return next((row["iterations"] for row in summary["epochs"] if row["ap"] >= target), None)
 
 
-def table(summaries: list[dict], target: float, machine: str) -> str:
+def table(summaries: list[dict], target: float, machine: str, begin: str, end: str, data: str, num_val: int) -> str:
     reference = summaries[0]["preset"]
-    lines = [BEGIN, "", f"Synthetic data, AP on the 200 val images after every epoch; mean ± sd over seeds. Minutes: "
-             f"training iterations at each preset's median idle speed ({machine}). "
+    lines = [begin, "", f"Data: {data}. AP on the {num_val} val images after every epoch; mean ± sd over seeds. "
+             f"Minutes: training iterations at each preset's median idle speed ({machine}). "
              f"'to {target:.3f}': iterations until the mean AP first reaches the final AP of {reference}.", "",
              "| preset | seeds | it/s | final AP | final AP50 | iterations | minutes | to "
              f"{target:.3f} |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -132,7 +166,7 @@ def table(summaries: list[dict], target: float, machine: str) -> str:
     for s in summaries:
         cells = [f"{row['ap']:.3f}" for row in s["epochs"]] + [""] * (width - len(s["epochs"]))
         lines.append(f"| `{Path(s['preset']).stem}` | " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", END])
+    return "\n".join(lines + ["", end])
 
 
 def plot(summaries: list[dict], path: Path) -> None:
@@ -163,27 +197,40 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser("Convergence of presets on the synthetic data")
     parser.add_argument("--presets", nargs="+", required=True)
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
-    parser.add_argument("--data", default="data/synthetic")
-    parser.add_argument("--out", default="outputs/convergence")
+    parser.add_argument("--data", default=None,
+                        help="data folder (default data/synthetic, or data/synthetic_<difficulty> and the parameters)")
+    parser.add_argument("--difficulty", default=DATA_DEFAULTS["difficulty"], choices=("easy", "hard"))
+    parser.add_argument("--data_seed", type=int, default=DATA_DEFAULTS["data_seed"])
+    parser.add_argument("--num_train", type=int, default=DATA_DEFAULTS["num_train"])
+    parser.add_argument("--num_val", type=int, default=DATA_DEFAULTS["num_val"])
+    parser.add_argument("--image_size", type=int, default=DATA_DEFAULTS["image_size"])
+    parser.add_argument("--record", default=None, help="name of the record (json, png, RESULTS.md section)")
+    parser.add_argument("--out", default=None, help="run folders (default outputs/<record>)")
     parser.add_argument("--speed_rounds", type=int, default=5)
     parser.add_argument("--no_write", action="store_true", help="print the table; leave RESULTS.md and the plot")
     parser.add_argument("--reuse_recorded", action="store_true",
                         help="keep the recorded AP of presets already in convergence.json (no training); re-time them")
     options = parser.parse_args(argv)
-    data = generate(Path(options.data), num_train=2000, num_val=200, image_size=128, seed=0)
-    recorded = {p: recorded_summary(p, options.seeds) for p in options.presets} if options.reuse_recorded else {}
-    logs = {p: train_runs(p, options.seeds, data, Path(options.out)) for p in options.presets
-            if recorded.get(p) is None}
+    name = record_name(options)
+    data = generate(data_folder(options), num_train=options.num_train, num_val=options.num_val,
+                    image_size=options.image_size, seed=options.data_seed, difficulty=options.difficulty)
+    record, out = HERE / f"{name}.json", Path(options.out or f"outputs/{name}")
+    recorded = ({p: recorded_summary(p, options.seeds, record) for p in options.presets} if options.reuse_recorded
+                else {})
+    logs = {p: train_runs(p, options.seeds, data, out) for p in options.presets if recorded.get(p) is None}
     speeds = training_speed(options.presets, options.speed_rounds)
     summaries = [with_speed(recorded[p], speeds[p]) if recorded.get(p) is not None
                  else summarise(p, logs[p], iterations_per_epoch(p, data), speeds[p]) for p in options.presets]
     target = summaries[0]["epochs"][-1]["ap"]
-    text = table(summaries, target, hardware(torch.device("cpu")))
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = table(summaries, target, hardware(torch.device("cpu")), begin, end, data_description(options),
+                 options.num_val)
     print(text)
     if not options.no_write:
-        (HERE / "convergence.json").write_text(json.dumps(summaries, indent=1))
-        write_section(text, BEGIN, END, "Convergence on the synthetic data")
-        plot(summaries, HERE / "convergence.png")
+        record.write_text(json.dumps(summaries, indent=1))
+        heading = "Convergence on the synthetic data" + ("" if name == "convergence" else f" ({name})")
+        write_section(text, begin, end, heading)
+        plot(summaries, HERE / f"{name}.png")
     return summaries
 
 

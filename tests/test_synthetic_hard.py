@@ -258,3 +258,88 @@ def test_easy_mode_unchanged(tmp_path, kwargs, digest, explicit):
     out = generate(tmp_path, quiet=True, **kwargs, **extra)
     assert _digest(out) == digest
     assert "difficulty" not in json.loads((out / "synthetic_params.json").read_text())["params"]
+
+
+# sha256 (as above) of a small hard set written by tools/data/synthetic.py before --hard_without existed: switching
+# nothing off must keep the hard mode byte for byte.
+HARD_DIGEST = (dict(num_train=10, num_val=4, image_size=64, seed=5),
+               "f1a4755584c4551f5b64d9f27b60e696023401655ad1412625ee33e76e230a3c")
+
+
+def test_hard_mode_unchanged_when_nothing_is_switched_off(tmp_path):
+    kwargs, digest = HARD_DIGEST
+    out = generate(tmp_path, quiet=True, difficulty="hard", hard_without=(), **kwargs)
+    assert _digest(out) == digest
+    assert "hard_without" not in json.loads((out / "synthetic_params.json").read_text())["params"]
+
+
+@pytest.fixture(scope="module")
+def hard_without_all(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("without"), num_train=NUM_TRAIN, num_val=NUM_VAL, image_size=SIZE,
+                    seed=SEED, difficulty="hard", quiet=True, hard_without=synthetic.HARD_PROPERTIES)
+
+
+def _edge_share(folder: Path, images: list[dict]) -> float:
+    """The share of horizontally adjacent pixels whose luma differs by more than 25 (of 255): edges, not noise."""
+    energies = []
+    for image in images:
+        with Image.open(folder / ("train2017" if image["id"] <= NUM_TRAIN else "val2017") / image["file_name"]) as img:
+            luma = np.asarray(img.convert("RGB"), dtype=np.float32) @ LUMA
+        energies.append((np.abs(np.diff(luma, axis=1)) > 25).mean())
+    return float(np.mean(energies))
+
+
+def test_hard_without_each_property_switches_it_off(hard, hard_without_all):
+    images, annotations = _both(hard_without_all)
+    singles = _singles(annotations)
+    assert len(singles) == len(annotations) > 300  # crowd: none
+    assert all((i["width"], i["height"]) == (SIZE, SIZE) for i in images)  # sizes: square image_size
+    folders = [hard_without_all / ("train2017" if i["id"] <= NUM_TRAIN else "val2017") / i["file_name"]
+               for i in images]
+    assert {_mode(path) for path in folders} == {"RGB"}  # greyscale: none
+    assert {c["id"] for c in _load(hard_without_all)["categories"]} == set(range(1, 8))  # sparse ids: 1..7
+    assert {a["category_id"] for a in annotations} == set(range(1, 8))
+    names = {c["id"]: c["name"] for c in _load(hard_without_all)["categories"]}
+    assert sorted(names.values()) == sorted(HARD_SHAPES.values())
+    # tiny, border, occlusion: no shape drawn under 10 px and none across the border, so a box under 10 px or one
+    # touching the border is a shape cut by another (random placement still lets shapes overlap, far less often)
+    default_images, default_annotations = _both(hard)
+    default_singles = _singles(default_annotations)
+
+    def share_small(boxes):
+        return np.mean([max(a["bbox"][2:]) < 10 for a in boxes])
+
+    def share_heavy_overlap(boxes_by_image):
+        pairs = [_iou(p, q) > 0.3 for boxes in boxes_by_image.values() for p, q in combinations(boxes, 2)]
+        return np.mean(pairs)
+
+    def by_image(boxes):
+        grouped: dict[int, list] = {}
+        for a in boxes:
+            grouped.setdefault(a["image_id"], []).append(a["bbox"])
+        return grouped
+
+    assert share_small(singles) < 0.03 < 0.10 <= share_small(default_singles)
+    assert share_heavy_overlap(by_image(singles)) < 0.5 * share_heavy_overlap(by_image(default_singles))
+    # textures: plain backgrounds have far fewer edges than the textured ones
+    assert _edge_share(hard_without_all, images[:40]) < 0.5 * _edge_share(hard, default_images[:40])
+
+
+def test_hard_without_low_contrast_and_refusals(tmp_path):
+    rng = np.random.default_rng(0)
+    under = np.array([120.0, 90.0, 60.0])
+
+    def close_share(fraction):
+        colours = [synthetic._hard_colour(under, [], rng, fraction) for _ in range(400)]
+        return np.mean([np.linalg.norm(c - under) <= 60 for c in colours])
+
+    assert close_share(0.0) < 0.08 and close_share(synthetic.LOW_CONTRAST_FRACTION) > 0.25
+    out = synthetic.main(["--out", str(tmp_path / "cli"), "--num_train", "2", "--num_val", "1", "--difficulty", "hard",
+                          "--image_size", "32", "--hard_without", "textures", "crowd"])
+    assert json.loads((out / "synthetic_params.json").read_text())["params"]["hard_without"] == ["crowd", "textures"]
+    with pytest.raises(ValueError, match="unknown properties"):
+        generate(tmp_path / "u", num_train=1, num_val=1, difficulty="hard", hard_without=["clouds"])
+    with pytest.raises(ValueError, match="hard"):
+        generate(tmp_path / "e", num_train=1, num_val=1, hard_without=["textures"])
+    with pytest.raises(SystemExit):
+        synthetic.main(["--out", str(tmp_path / "x"), "--hard_without", "tiny"])

@@ -71,6 +71,14 @@ Crowd regions are RLE too. ``--panoptic`` is refused with ``--difficulty hard`` 
 VOC copies work unchanged (``--layout``): crowd regions are left out of YOLO and become difficult objects in VOC;
 VOC's ``<truncated>`` stays 0 and ``<depth>`` 3 for all images.
 
+``--hard_without PROPERTY ...`` (``hard_without`` of ``generate``; HARD_PROPERTIES) switches properties of the hard
+mode off, one or several, to measure what each costs a detector (benchmarks/hard_data_ablation.py): ``textures``
+(a plain background of one colour with a mild gradient), ``sizes`` (square ``image_size`` images), ``occlusion``
+(no shape placed on an earlier one; random placement may still overlap), ``border`` (none placed across the
+border), ``tiny`` (no 4-9 px shapes), ``crowd`` (no crowd regions), ``greyscale`` (all RGB), ``low_contrast`` (no
+colours chosen close to what lies under them) and ``sparse_ids`` (category ids 1-7, ``num_classes`` 8). With none
+switched off the hard mode writes the same bytes as before the option existed.
+
 The output is a deterministic function of the parameters; ``generate`` leaves an existing dataset made with the
 same parameters alone. Detection mode writes byte for byte what it wrote before the panoptic and hard modes existed
 (its parameters record no ``panoptic`` or ``difficulty`` key), so detection datasets made then are kept.
@@ -360,6 +368,24 @@ LOW_CONTRAST_DISTANCE = (30.0, 60.0)  # their RGB distance from the mean colour 
 MIN_DISTANCE = 30.0  # RGB distance of any shape's colour from the mean colour under it
 NEIGHBOUR_DISTANCE = 50.0  # ... and from the colours of the shapes it covers
 TEXTURES = ("stripes", "checkers", "gradient", "blobs")
+# Each hard-mode property that ``--hard_without`` can switch off, one at a time or together, to measure what it
+# costs a detector: the default hard set has all of them.
+HARD_PROPERTIES = ("textures", "sizes", "occlusion", "border", "tiny", "crowd", "greyscale", "low_contrast",
+                   "sparse_ids")
+
+
+def _hard_fractions(without: frozenset) -> dict[str, float]:
+    """The hard mode's random fractions with the properties in ``without`` switched off (fraction 0)."""
+    fractions = {"occlusion": OCCLUDING_FRACTION, "border": BORDER_FRACTION, "tiny": TINY_FRACTION,
+                 "crowd": CROWD_IMAGE_FRACTION, "greyscale": GRAYSCALE_FRACTION, "low_contrast": LOW_CONTRAST_FRACTION}
+    return {name: 0.0 if name in without else value for name, value in fractions.items()}
+
+
+def hard_categories(without: frozenset = frozenset()) -> list[dict]:
+    """The hard mode's categories: COCO-like sparse ids, or 1..7 with ``sparse_ids`` in ``without``."""
+    if "sparse_ids" in without:
+        return [{**category, "id": index + 1} for index, category in enumerate(HARD_CATEGORIES)]
+    return HARD_CATEGORIES
 
 
 def hard_size_range(image_size: int) -> tuple[int, int]:
@@ -417,6 +443,15 @@ def _textured_background(height: int, width: int, rng: np.random.Generator) -> n
     return pixels
 
 
+def _plain_background(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``[height, width, 3]`` float32 background of one random colour with a mild linear gradient (the easy
+    mode's kind of background), for the hard mode without ``textures``."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, 2 * math.pi)
+    along = (xs / max(width - 1, 1) - 0.5) * math.cos(angle) + (ys / max(height - 1, 1) - 0.5) * math.sin(angle)
+    return (rng.uniform(0, 255, size=3) + 2 * rng.uniform(0, 25) * along[:, :, None]).astype(np.float32)
+
+
 def _inside_polygon(vertices: list[tuple], xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Bool mask of the points (``xs``, ``ys``, broadcast) inside the polygon (even-odd rule)."""
     inside = np.zeros(np.broadcast(xs, ys).shape, dtype=bool)
@@ -451,11 +486,12 @@ def _hard_shape_mask(name: str, w: int, h: int, rng: np.random.Generator) -> np.
     return _inside_polygon(polygon, xs, ys)
 
 
-def _hard_colour(under: np.ndarray, avoid: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+def _hard_colour(under: np.ndarray, avoid: list[np.ndarray], rng: np.random.Generator,
+                 low_contrast_fraction: float = LOW_CONTRAST_FRACTION) -> np.ndarray:
     """An RGB colour (float, 0..255) for a shape drawn over pixels of mean colour ``under``: random, or with
-    LOW_CONTRAST_FRACTION close to ``under``; at least MIN_DISTANCE from ``under`` and NEIGHBOUR_DISTANCE from the
-    colours ``avoid`` of the shapes it covers where 20 draws find one."""
-    low_contrast = rng.random() < LOW_CONTRAST_FRACTION
+    ``low_contrast_fraction`` close to ``under``; at least MIN_DISTANCE from ``under`` and NEIGHBOUR_DISTANCE from
+    the colours ``avoid`` of the shapes it covers where 20 draws find one."""
+    low_contrast = rng.random() < low_contrast_fraction
     for _ in range(20):
         if low_contrast:
             direction = rng.standard_normal(3)
@@ -524,20 +560,21 @@ class _HardCanvas:
         return len(self.objects) - 1
 
 
-def _shape_box(canvas: _HardCanvas, rng: np.random.Generator) -> tuple[int, int, int, int]:
+def _shape_box(canvas: _HardCanvas, rng: np.random.Generator, fractions: dict[str, float]
+               ) -> tuple[int, int, int, int]:
     """(x0, y0, w, h) pixels of a new shape. On top of an earlier shape (OCCLUDING_FRACTION, when there is one):
     its size 0.5-1.3 times that shape's, its centre within 40% of that shape's size of the other's. Else tiny
     (TINY_FRACTION, sides TINY_SIDES) or log-uniform in [NORMAL_MIN_SIDE, NORMAL_MAX_SIDE of the shorter image side]
     with aspect ratio 0.6-1.6, across the border (BORDER_FRACTION: 10-60% of its width or height beyond one edge)
-    or anywhere inside the image."""
+    or anywhere inside the image. ``fractions``: these fractions (``_hard_fractions``)."""
     singles = [obj["box"] for obj in canvas.objects if not obj["iscrowd"]]
     mode = rng.random()
-    if singles and mode < OCCLUDING_FRACTION:
+    if singles and mode < fractions["occlusion"]:
         bx, by, bw, bh = singles[int(rng.integers(len(singles)))]
         w, h = (max(TINY_SIDES[0], round(side * rng.uniform(0.5, 1.3))) for side in (bw, bh))
         cx, cy = bx + bw / 2 + rng.uniform(-0.4, 0.4) * bw, by + bh / 2 + rng.uniform(-0.4, 0.4) * bh
         return int(round(cx - w / 2)), int(round(cy - h / 2)), w, h
-    if rng.random() < TINY_FRACTION:
+    if rng.random() < fractions["tiny"]:
         lo, hi = TINY_SIDES
         w = int(rng.integers(lo, hi + 1))
     else:
@@ -545,7 +582,7 @@ def _shape_box(canvas: _HardCanvas, rng: np.random.Generator) -> tuple[int, int,
         w = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
     h = int(np.clip(round(w * rng.uniform(0.6, 1.6)), lo, hi))
     x0, y0 = int(rng.integers(0, max(1, canvas.width - w + 1))), int(rng.integers(0, max(1, canvas.height - h + 1)))
-    if mode > 1 - BORDER_FRACTION:
+    if fractions["border"] > 0 and mode > 1 - fractions["border"]:
         out, side = rng.uniform(0.1, 0.6), int(rng.integers(4))  # the share beyond the border, which border
         if side == 0:
             x0 = -round(out * w)
@@ -558,14 +595,15 @@ def _shape_box(canvas: _HardCanvas, rng: np.random.Generator) -> tuple[int, int,
     return x0, y0, w, h
 
 
-def _draw_crowd(canvas: _HardCanvas, rng: np.random.Generator) -> None:
+def _draw_crowd(canvas: _HardCanvas, rng: np.random.Generator, categories: list[dict],
+                low_contrast_fraction: float) -> None:
     """A crowd region: 6-16 small shapes (3-7 px) of one category in similar colours, packed into a region of
     20-45% of the image's width and height; one ``iscrowd`` object covering all of them."""
-    category = HARD_CATEGORIES[int(rng.integers(len(HARD_CATEGORIES)))]
+    category = categories[int(rng.integers(len(categories)))]
     rw, rh = round(rng.uniform(0.2, 0.45) * canvas.width), round(rng.uniform(0.2, 0.45) * canvas.height)
     rx, ry = int(rng.integers(0, canvas.width - rw + 1)), int(rng.integers(0, canvas.height - rh + 1))
     region = (slice(ry, ry + rh), slice(rx, rx + rw))
-    base = _hard_colour(canvas.pixels[region].reshape(-1, 3).mean(0), [], rng)
+    base = _hard_colour(canvas.pixels[region].reshape(-1, 3).mean(0), [], rng, low_contrast_fraction)
     index = canvas.add(category, base, 0, (rx, ry, rw, rh), iscrowd=1)
     for _ in range(int(rng.integers(6, 17))):
         w, h = int(rng.integers(3, 8)), int(rng.integers(3, 8))
@@ -586,23 +624,27 @@ def _rle(mask: np.ndarray) -> dict:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def _make_hard_image(image_size: int, max_objects: int, rng: np.random.Generator
+def _make_hard_image(image_size: int, max_objects: int, rng: np.random.Generator, without: frozenset = frozenset()
                      ) -> tuple[Image.Image, list[dict], list[tuple[int, int, int]]]:
     """One image of the hard mode (see the module docstring), its objects as ``{"category_id", "bbox" xywh px,
     "area" px², "segmentation" (RLE), "iscrowd"}`` dicts, and each object's colour (RGB; of a crowd region the
-    colour its members vary around), in drawing order."""
+    colour its members vary around), in drawing order. ``without``: properties of HARD_PROPERTIES switched off."""
+    fractions, categories = _hard_fractions(without), hard_categories(without)
     lo, hi = hard_size_range(image_size)
     width, height = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
-    canvas = _HardCanvas(_textured_background(height, width, rng))
+    if "sizes" in without:
+        width = height = image_size
+    background = _plain_background if "textures" in without else _textured_background
+    canvas = _HardCanvas(background(height, width, rng))
     if max_objects > 0 and rng.random() >= HARD_EMPTY_IMAGE_FRACTION:
         num_objects = int(rng.integers(1, max_objects + 1))
-        if rng.random() < CROWD_IMAGE_FRACTION:
-            _draw_crowd(canvas, rng)
+        if rng.random() < fractions["crowd"]:
+            _draw_crowd(canvas, rng, categories, fractions["low_contrast"])
             num_objects -= 1
         for _ in range(num_objects):
-            category = HARD_CATEGORIES[int(rng.integers(len(HARD_CATEGORIES)))]
+            category = categories[int(rng.integers(len(categories)))]
             for _attempt in range(20):
-                x0, y0, w, h = _shape_box(canvas, rng)
+                x0, y0, w, h = _shape_box(canvas, rng, fractions)
                 mask = _hard_shape_mask(category["name"], w, h, rng)
                 placed = canvas.try_place(x0, y0, mask)
                 if placed is not None:
@@ -611,12 +653,12 @@ def _make_hard_image(image_size: int, max_objects: int, rng: np.random.Generator
                 continue  # no room: leave this shape out
             region, clipped, covered = placed
             colour = _hard_colour(canvas.mean_under(region, clipped),
-                                  [canvas.objects[i]["colour"] for i in covered], rng)
+                                  [canvas.objects[i]["colour"] for i in covered], rng, fractions["low_contrast"])
             index = canvas.add(category, colour, int(mask.sum()), (x0, y0, w, h), iscrowd=0)
             canvas.draw(region, clipped, colour, index)
     pixels = canvas.pixels + rng.standard_normal(canvas.pixels.shape, dtype=np.float32) * rng.uniform(0, 6)
     image = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB")
-    if rng.random() < GRAYSCALE_FRACTION:
+    if rng.random() < fractions["greyscale"]:
         image = image.convert("L")
     objects, colours = [], []
     for index, obj in enumerate(canvas.objects):
@@ -628,8 +670,8 @@ def _make_hard_image(image_size: int, max_objects: int, rng: np.random.Generator
 
 
 def _write_split(out_dir: Path, folder: str, num_images: int, first_image_id: int, image_size: int,
-                 max_objects: int, rng: np.random.Generator, panoptic: bool = False, difficulty: str = "easy"
-                 ) -> tuple[dict, Optional[dict]]:
+                 max_objects: int, rng: np.random.Generator, panoptic: bool = False, difficulty: str = "easy",
+                 without: frozenset = frozenset()) -> tuple[dict, Optional[dict]]:
     """Write one split's images (and with ``panoptic`` its PNGs); returns its instances and panoptic JSON dicts."""
     image_dir = out_dir / folder
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -641,7 +683,7 @@ def _write_split(out_dir: Path, folder: str, num_images: int, first_image_id: in
         image_id = first_image_id + index
         file_name = f"{image_id:012d}.jpg"
         if difficulty == "hard":
-            image, objects, _colours = _make_hard_image(image_size, max_objects, rng)
+            image, objects, _colours = _make_hard_image(image_size, max_objects, rng, without)
             segments = None
         else:
             image, objects, segments = _make_image(image_size, max_objects, rng, panoptic)
@@ -655,7 +697,7 @@ def _write_split(out_dir: Path, folder: str, num_images: int, first_image_id: in
             (png_dir / png_name).write_bytes(encode_panoptic_png(id_map))
             panoptic_annotations.append({"image_id": image_id, "file_name": png_name, "segments_info": segments_info})
     info = {"description": "synthetic shapes (tools/data/synthetic.py)", "version": str(GENERATOR_VERSION)}
-    categories = HARD_CATEGORIES if difficulty == "hard" else CATEGORIES
+    categories = hard_categories(without) if difficulty == "hard" else CATEGORIES
     coco = {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
     if not panoptic:
         return coco, None
@@ -665,14 +707,15 @@ def _write_split(out_dir: Path, folder: str, num_images: int, first_image_id: in
 
 def generate(out_dir: str | Path, num_train: int = 1000, num_val: int = 200, image_size: int = 128, seed: int = 0,
              max_objects: Optional[int] = None, quiet: bool = False, panoptic: bool = False,
-             difficulty: str = "easy") -> Path:
+             difficulty: str = "easy", hard_without: Sequence[str] = ()) -> Path:
     """Write the dataset under ``out_dir`` (skipped if it is already there with the same parameters); returns it.
 
     Image ids are 1..num_train for train and continue from num_train + 1 for val; annotation ids start at 1 in
     each file. ``max_objects``: the most shapes per image (None: 4, or HARD_MAX_OBJECTS with ``difficulty``
     "hard"). ``panoptic`` adds stuff backgrounds and the COCO panoptic files; ``difficulty`` "hard" makes the harder
     images (image sides from ``image_size`` to 1.5 x ``image_size``; see the module docstring; not with
-    ``panoptic``). Refuses
+    ``panoptic``); ``hard_without`` switches off some of its properties (HARD_PROPERTIES), to measure what each
+    costs. Refuses
     to overwrite ``train2017/``, ``val2017/``, ``annotations/`` or ``panoptic_{train,val}2017/`` that this
     generator did not write (no ``synthetic_params.json`` beside them).
     """
@@ -682,6 +725,12 @@ def generate(out_dir: str | Path, num_train: int = 1000, num_val: int = 200, ima
         raise ValueError(f"difficulty must be one of {list(DIFFICULTIES)}, got {difficulty!r}")
     if difficulty == "hard" and panoptic:
         raise ValueError("the hard mode writes detection data only (no panoptic files)")
+    unknown = sorted(set(hard_without) - set(HARD_PROPERTIES))
+    if unknown:
+        raise ValueError(f"hard_without: unknown properties {unknown}; choose from {list(HARD_PROPERTIES)}")
+    if hard_without and difficulty != "hard":
+        raise ValueError("hard_without applies to difficulty 'hard' only")
+    without = frozenset(hard_without)
     if max_objects is None:
         max_objects = HARD_MAX_OBJECTS if difficulty == "hard" else 4
     if min(num_train, num_val, max_objects) < 0:
@@ -693,6 +742,8 @@ def generate(out_dir: str | Path, num_train: int = 1000, num_val: int = 200, ima
         params["panoptic"] = True
     if difficulty != "easy":  # likewise
         params["difficulty"] = difficulty
+    if without:  # likewise
+        params["hard_without"] = sorted(without)
     params_path = out_dir / PARAMS_FILE
     owned = ([out_dir / folder for _, folder in SPLITS] + [out_dir / "annotations"]
              + [out_dir / f"panoptic_{folder}" for _, folder in SPLITS])
@@ -723,7 +774,7 @@ def generate(out_dir: str | Path, num_train: int = 1000, num_val: int = 200, ima
         num_images = num_train if split == "train" else num_val
         rng = np.random.default_rng([seed, split_index])
         coco, panoptic_coco = _write_split(out_dir, folder, num_images, first_image_id, image_size, max_objects, rng,
-                                           panoptic, difficulty)
+                                           panoptic, difficulty, without)
         (out_dir / "annotations" / f"instances_{folder}.json").write_text(json.dumps(coco))
         if panoptic:
             (out_dir / "annotations" / f"panoptic_{folder}.json").write_text(json.dumps(panoptic_coco))
@@ -732,11 +783,16 @@ def generate(out_dir: str | Path, num_train: int = 1000, num_val: int = 200, ima
         counts[split] = (num_images, len(coco["annotations"]), num_images - len(with_objects))
     params_path.write_text(json.dumps({"params": params, "complete": True}, indent=1))
     if not quiet:
-        categories = PANOPTIC_CATEGORIES if panoptic else HARD_CATEGORIES if difficulty == "hard" else CATEGORIES
+        categories = (PANOPTIC_CATEGORIES if panoptic else hard_categories(without) if difficulty == "hard"
+                      else CATEGORIES)
         ids = [c["id"] for c in categories]
         parts = ", ".join(f"{s} {n} images / {a} objects / {e} empty" for s, (n, a, e) in counts.items())
         kind = f"panoptic, {len(CATEGORIES)} thing + {len(STUFF_CATEGORIES)} stuff" if panoptic else f"{len(ids)}"
         sizes = "{}-{}px (hard)".format(*hard_size_range(image_size)) if difficulty == "hard" else f"{image_size}px"
+        if "sizes" in without:
+            sizes = f"{image_size}px (hard)"
+        if without:
+            sizes += f" without {', '.join(sorted(without))}"
         print(f"synthetic COCO: {parts}; {sizes}, {kind} categories (ids {ids}, "
               f"num_classes {max(ids) + 1}) -> {out_dir} in {time.perf_counter() - start:.1f}s")
     return out_dir
@@ -852,6 +908,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument("--difficulty", default="easy", choices=DIFFICULTIES,
                         help="easy: the CPU demo's data; hard: textured backgrounds, 7 shapes, occlusion, tiny "
                              "objects, crowd regions, mixed sizes, greyscale images (see the module docstring)")
+    parser.add_argument("--hard_without", nargs="+", default=[], choices=HARD_PROPERTIES, metavar="PROPERTY",
+                        help="with --difficulty hard: switch these properties off (to measure what each costs): "
+                             + ", ".join(HARD_PROPERTIES))
     parser.add_argument("--panoptic", action="store_true",
                         help="stuff backgrounds and COCO panoptic annotations too (becomes --coco_panoptic_path)")
     parser.add_argument("--layout", default="coco", choices=("coco", "yolo", "voc"),
@@ -861,8 +920,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
         parser.error("--panoptic writes the COCO layout only")
     if args.difficulty == "hard" and args.panoptic:
         parser.error("--difficulty hard writes detection data only (no --panoptic)")
+    if args.hard_without and args.difficulty != "hard":
+        parser.error("--hard_without needs --difficulty hard")
     options = dict(num_train=args.num_train, num_val=args.num_val, image_size=args.image_size, seed=args.seed,
-                   max_objects=args.max_objects, panoptic=args.panoptic, difficulty=args.difficulty)
+                   max_objects=args.max_objects, panoptic=args.panoptic, difficulty=args.difficulty,
+                   hard_without=args.hard_without)
     if args.layout == "coco":
         return generate(args.out, **options)
     with tempfile.TemporaryDirectory() as coco_dir:
