@@ -48,7 +48,7 @@ def data_for(variant: str) -> Path:
 
 def result(preset: str, variant: str, seed: int, out: Path) -> dict:
     """One run's AP, AP50 and training class error (%) after every epoch, and its iterations per epoch."""
-    without, extra, _ = VARIANTS[variant]
+    extra = VARIANTS[variant][1]
     data = data_for(variant)
     log = train_run(preset, seed, data, out / Path(preset).stem / f"{variant}_seed{seed}", extra)
     return {"preset": preset, "variant": variant, "seed": seed, "iters_per_epoch": iterations_per_epoch(preset, data),
