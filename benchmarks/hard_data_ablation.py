@@ -20,22 +20,31 @@ from pathlib import Path
 
 from benchmarks.convergence import iterations_per_epoch, train_run
 from benchmarks.results_section import write_section
-from tools.data.synthetic import HARD_PROPERTIES, generate
+from tools.data.synthetic import HARD_DRAWING_PROPERTIES, HARD_PROPERTIES, HARD_SCENE_PROPERTIES, generate
 
 HERE = Path(__file__).resolve().parent
 RECORD = HERE / "hard_data_ablation.json"
 BEGIN, END = "<!-- hard-data-ablation:begin -->", "<!-- hard-data-ablation:end -->"
-LONGER_FASTER = ["--lr", "4e-4", "--lr_backbone", "4e-4", "--warmup_iters", "100", "--epochs", "8", "--lr_drop", "6"]
+LONGER = ["--epochs", "8", "--lr_drop", "6"]
+LONGER_FASTER = ["--lr", "4e-4", "--lr_backbone", "4e-4", "--warmup_iters", "100", *LONGER]
 # name -> (properties switched off, extra training flags, what differs from the hard set)
 VARIANTS = {
     "hard": ((), [], "the hard set, the preset as it is"),
-    "without_all": (HARD_PROPERTIES, [], "every listed property off"),
+    "without_all": (HARD_SCENE_PROPERTIES, [], "the nine scene properties off"),
     "without_appearance": (("textures", "low_contrast"), [], "plain backgrounds, no low-contrast colours"),
     "without_geometry": (("occlusion", "border", "tiny", "crowd"), [],
                          "no occlusion, border cuts, tiny objects or crowd regions"),
     "without_format": (("sizes", "greyscale", "sparse_ids"), [],
                        "square 128 px images, no greyscale, category ids 1-7"),
+    "without_drawing": (HARD_DRAWING_PROPERTIES, [], "five shapes, at most 4 per image, easy sizes and colours"),
+    "like_easy": (HARD_PROPERTIES, [], "all thirteen properties off: drawn as the easy set, 1-5 ids"),
     "lr4e-4_2000it": ((), LONGER_FASTER, "lr and lr_backbone 4e-4, 100 warm-up steps, 8 epochs, lr drop after 6"),
+    "2000it": ((), LONGER, "8 epochs (2,000 iterations), lr drop after 6"),
+    "two_stage_500it": ((), ["--two_stage", "--num_queries", "100", "--epochs", "2"],
+                        "two-stage query selection, 100 queries; a 500-iteration probe"),
+    "layer4_500it": ((), ["--feature_layer", "layer4", "--num_feature_levels", "4", "--backbone_trainable_layers", "5",
+                          "--epochs", "2"],
+                     "ResNet-18's fourth stage and a fourth feature level; a 500-iteration probe"),
 }
 
 

@@ -60,6 +60,31 @@ def test_missing_preset_file(tmp_path):
         _parse(["--config", str(tmp_path / "nope.yaml")])
 
 
+def test_base_presets_apply_first_in_order_and_the_preset_overrides_them(tmp_path):
+    (tmp_path / "bases").mkdir()
+    _write(tmp_path, "lr: 0.5\nhidden_dim: 64\nbackbone: resnet18\n", "bases/first.yaml")
+    _write(tmp_path, "base: first.yaml\nhidden_dim: 32\nnheads: 4\n", "bases/second.yaml")  # relative to its folder
+    _write(tmp_path, "batch_size: 3\nnheads: 2\n", "bases/third.yaml")
+    preset = _write(tmp_path, "base: [bases/second.yaml, bases/third.yaml]\nlr: 0.25\n")
+    args = _parse(["--config", str(preset), "--batch_size", "5"])
+    # first < second (hidden_dim, nheads) < third (nheads) < the preset (lr) < the command line (batch_size)
+    assert (args.lr, args.hidden_dim, args.backbone, args.nheads, args.batch_size) == (0.25, 32, "resnet18", 2, 5)
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"preset.yaml": "base: missing.yaml\n"}, "preset.yaml: key 'base': preset file .*missing.yaml does not exist"),
+    ({"preset.yaml": "base: other.yaml\n", "other.yaml": "base: preset.yaml\n"}, "includes itself"),
+    ({"preset.yaml": "base: preset.yaml\n"}, "includes itself"),
+    ({"preset.yaml": "base: {a: 1}\n"}, "key 'base': expected a preset file or a list"),
+    ({"preset.yaml": "base: other.yaml\n", "other.yaml": "lr: abc\n"}, "other.yaml: key 'lr'"),
+])
+def test_bad_base_names_the_file(tmp_path, files, message):
+    for name, text in files.items():
+        _write(tmp_path, text, name)
+    with pytest.raises(ConfigError, match=message):
+        _parse(["--config", str(tmp_path / "preset.yaml")])
+
+
 def test_store_false_flags_keep_their_positive_name(tmp_path):
     args = _parse(["--config", str(_write(tmp_path, "aux_loss: false\npretrained_backbone: false\n"))])
     assert args.aux_loss is False and args.pretrained_backbone is False

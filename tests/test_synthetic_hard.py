@@ -276,7 +276,7 @@ def test_hard_mode_unchanged_when_nothing_is_switched_off(tmp_path):
 @pytest.fixture(scope="module")
 def hard_without_all(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("without"), num_train=NUM_TRAIN, num_val=NUM_VAL, image_size=SIZE,
-                    seed=SEED, difficulty="hard", quiet=True, hard_without=synthetic.HARD_PROPERTIES)
+                    seed=SEED, difficulty="hard", quiet=True, hard_without=synthetic.HARD_SCENE_PROPERTIES)
 
 
 def _edge_share(folder: Path, images: list[dict]) -> float:
@@ -325,6 +325,28 @@ def test_hard_without_each_property_switches_it_off(hard, hard_without_all):
     assert _edge_share(hard_without_all, images[:40]) < 0.5 * _edge_share(hard, default_images[:40])
 
 
+def test_hard_without_the_drawing_properties_draws_as_the_easy_mode(hard_without_all, tmp_path):
+    """All thirteen off against the nine scene properties off: five shapes, at most 4 objects per image, sizes
+    13-64 px (10-50% of 128) instead of log-uniform from 10 px to 70% of the shorter side (colours: next test)."""
+    like_easy = generate(tmp_path, num_train=NUM_TRAIN, num_val=NUM_VAL, image_size=SIZE, seed=SEED,
+                         difficulty="hard", quiet=True, hard_without=synthetic.HARD_PROPERTIES)
+    categories = _load(like_easy)["categories"]
+    assert sorted(c["name"] for c in categories) == ["cross", "diamond", "ellipse", "rectangle", "triangle"]
+    assert {c["id"] for c in categories} == {a["category_id"] for a in _both(like_easy)[1]} == set(range(1, 6))
+    counts = {}
+    for folder in (like_easy, hard_without_all):
+        per_image: dict[int, list] = {}
+        for a in _both(folder)[1]:
+            per_image.setdefault(a["image_id"], []).append(max(a["bbox"][2:]))
+        counts[folder] = per_image
+    easy_like, nine_off = counts[like_easy], counts[hard_without_all]
+    assert max(map(len, easy_like.values())) <= 4 < max(map(len, nine_off.values()))
+    easy_sides = [side for sides in easy_like.values() for side in sides]
+    nine_sides = [side for sides in nine_off.values() for side in sides]
+    assert max(easy_sides) <= 64 < max(nine_sides)
+    assert np.median(easy_sides) > 1.2 * np.median(nine_sides)
+
+
 def test_hard_without_low_contrast_and_refusals(tmp_path):
     rng = np.random.default_rng(0)
     under = np.array([120.0, 90.0, 60.0])
@@ -334,6 +356,16 @@ def test_hard_without_low_contrast_and_refusals(tmp_path):
         return np.mean([np.linalg.norm(c - under) <= 60 for c in colours])
 
     assert close_share(0.0) < 0.08 and close_share(synthetic.LOW_CONTRAST_FRACTION) > 0.25
+    # free_colours off: the colours that are not deliberately close differ in luminance by 70 (of 255) from the
+    # colour under them and by 70 in RGB from the shapes they cover; free ones often do not
+    covered = [np.array([200.0, 40.0, 90.0])]
+
+    def luma_gaps(free):
+        colours = [synthetic._hard_colour(under, covered, rng, 0.0, free=free) for _ in range(300)]
+        assert all(np.linalg.norm(c - covered[0]) >= (70 if not free else 50) for c in colours)
+        return np.array([abs(float(c @ LUMA) - float(under @ LUMA)) for c in colours])
+
+    assert luma_gaps(free=False).min() >= 70 - 1e-3 and (luma_gaps(free=True) < 70).mean() > 0.3
     out = synthetic.main(["--out", str(tmp_path / "cli"), "--num_train", "2", "--num_val", "1", "--difficulty", "hard",
                           "--image_size", "32", "--hard_without", "textures", "crowd"])
     assert json.loads((out / "synthetic_params.json").read_text())["params"]["hard_without"] == ["crowd", "textures"]

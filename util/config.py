@@ -2,6 +2,9 @@
 
 Precedence: parser default < preset file < flag given on the command line. An unknown key or a value the flag
 would reject is an error naming the file and the key.
+
+A preset may start from others: ``base: demo_cpu_deformable.yaml`` (a path relative to the preset's folder, or a list
+of them applied in order) takes their values first, then the preset's own keys override them.
 """
 import argparse
 from pathlib import Path
@@ -61,11 +64,18 @@ def _check_value(action: argparse.Action, value, where: str):
     return _check_scalar(action, value, where)
 
 
-def load_preset(parser: argparse.ArgumentParser, path: str | Path) -> dict:
-    """Read and validate a preset; returns {dest: value}."""
+BASE_KEY = "base"
+
+
+def load_preset(parser: argparse.ArgumentParser, path: str | Path, _including: tuple[Path, ...] = (),
+                _where: str = "--config") -> dict:
+    """Read and validate a preset, its ``base`` presets first; returns {dest: value}."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--config: preset file {path} does not exist")
+        raise ConfigError(f"{_where}: preset file {path} does not exist")
+    if path.resolve() in _including:
+        chain = " -> ".join(str(p) for p in (*_including, path.resolve()))
+        raise ConfigError(f"{path}: key {BASE_KEY!r} includes itself ({chain})")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -74,6 +84,13 @@ def load_preset(parser: argparse.ArgumentParser, path: str | Path) -> dict:
         raise ConfigError(f"{path}: expected a mapping of flag names to values, got {type(data).__name__}")
     actions = _actions_by_dest(parser)
     values = {}
+    bases = data.pop(BASE_KEY, [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: key {BASE_KEY!r}: expected a preset file or a list of them, got {bases!r}")
+    for base in bases:
+        values.update(load_preset(parser, path.parent / base, (*_including, path.resolve()),
+                                  f"{path}: key {BASE_KEY!r}"))
     for key, value in data.items():
         if key == "config" or key not in actions:
             raise ConfigError(f"{path}: unknown key {key!r} (keys are flag names without dashes)")

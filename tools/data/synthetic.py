@@ -76,8 +76,12 @@ mode off, one or several, to measure what each costs a detector (benchmarks/hard
 (a plain background of one colour with a mild gradient), ``sizes`` (square ``image_size`` images), ``occlusion``
 (no shape placed on an earlier one; random placement may still overlap), ``border`` (none placed across the
 border), ``tiny`` (no 4-9 px shapes), ``crowd`` (no crowd regions), ``greyscale`` (all RGB), ``low_contrast`` (no
-colours chosen close to what lies under them) and ``sparse_ids`` (category ids 1-7, ``num_classes`` 8). With none
-switched off the hard mode writes the same bytes as before the option existed.
+colours chosen close to what lies under them) and ``sparse_ids`` (category ids 1-7, ``num_classes`` 8); and where
+the drawing itself differs from the easy mode's: ``extra_shapes`` (no star or ring: five shapes), ``many_objects``
+(at most 4 objects per image, the easy default), ``small_sizes`` (non-tiny sizes uniform from 10% to 50% of the
+shorter side, as the easy mode's, not log-uniform up to 70%) and ``free_colours`` (colours other than the
+low-contrast ones chosen as the easy mode's: a luminance difference of 70 from what lies under them, 70 in RGB from
+the shapes they cover). With none switched off the hard mode writes the same bytes as before the option existed.
 
 The output is a deterministic function of the parameters; ``generate`` leaves an existing dataset made with the
 same parameters alone. Detection mode writes byte for byte what it wrote before the panoptic and hard modes existed
@@ -369,23 +373,32 @@ MIN_DISTANCE = 30.0  # RGB distance of any shape's colour from the mean colour u
 NEIGHBOUR_DISTANCE = 50.0  # ... and from the colours of the shapes it covers
 TEXTURES = ("stripes", "checkers", "gradient", "blobs")
 # Each hard-mode property that ``--hard_without`` can switch off, one at a time or together, to measure what it
-# costs a detector: the default hard set has all of them.
-HARD_PROPERTIES = ("textures", "sizes", "occlusion", "border", "tiny", "crowd", "greyscale", "low_contrast",
-                   "sparse_ids")
+# costs a detector: the default hard set has all of them. The last four are where the hard mode's drawing differs from
+# the easy mode's even with the first nine off: the star and the ring, up to 8 objects instead of 4, log-uniform sizes
+# up to 70% of the shorter side instead of uniform 10-50%, colours free in RGB instead of a luminance contrast of 70.
+HARD_SCENE_PROPERTIES = ("textures", "sizes", "occlusion", "border", "tiny", "crowd", "greyscale", "low_contrast",
+                         "sparse_ids")
+HARD_DRAWING_PROPERTIES = ("extra_shapes", "many_objects", "small_sizes", "free_colours")
+HARD_PROPERTIES = HARD_SCENE_PROPERTIES + HARD_DRAWING_PROPERTIES
+EASY_SHAPES = ("rectangle", "ellipse", "triangle", "diamond", "cross")  # the hard shapes without ``extra_shapes``
+EASY_MAX_OBJECTS = 4  # the easy mode's default --max_objects, the cap without ``many_objects``
 
 
 def _hard_fractions(without: frozenset) -> dict[str, float]:
     """The hard mode's random fractions with the properties in ``without`` switched off (fraction 0)."""
     fractions = {"occlusion": OCCLUDING_FRACTION, "border": BORDER_FRACTION, "tiny": TINY_FRACTION,
-                 "crowd": CROWD_IMAGE_FRACTION, "greyscale": GRAYSCALE_FRACTION, "low_contrast": LOW_CONTRAST_FRACTION}
+                 "crowd": CROWD_IMAGE_FRACTION, "greyscale": GRAYSCALE_FRACTION, "low_contrast": LOW_CONTRAST_FRACTION,
+                 "small_sizes": 1.0}  # the share of non-tiny shapes sized log-uniformly (the rest as the easy mode's)
     return {name: 0.0 if name in without else value for name, value in fractions.items()}
 
 
 def hard_categories(without: frozenset = frozenset()) -> list[dict]:
-    """The hard mode's categories: COCO-like sparse ids, or 1..7 with ``sparse_ids`` in ``without``."""
+    """The hard mode's categories: the seven shapes (the five of EASY_SHAPES with ``extra_shapes`` in ``without``),
+    with COCO-like sparse ids, or ids 1, 2, ... with ``sparse_ids`` in ``without``."""
+    categories = [c for c in HARD_CATEGORIES if "extra_shapes" not in without or c["name"] in EASY_SHAPES]
     if "sparse_ids" in without:
-        return [{**category, "id": index + 1} for index, category in enumerate(HARD_CATEGORIES)]
-    return HARD_CATEGORIES
+        return [{**category, "id": index + 1} for index, category in enumerate(categories)]
+    return categories
 
 
 def hard_size_range(image_size: int) -> tuple[int, int]:
@@ -487,11 +500,14 @@ def _hard_shape_mask(name: str, w: int, h: int, rng: np.random.Generator) -> np.
 
 
 def _hard_colour(under: np.ndarray, avoid: list[np.ndarray], rng: np.random.Generator,
-                 low_contrast_fraction: float = LOW_CONTRAST_FRACTION) -> np.ndarray:
+                 low_contrast_fraction: float = LOW_CONTRAST_FRACTION, free: bool = True) -> np.ndarray:
     """An RGB colour (float, 0..255) for a shape drawn over pixels of mean colour ``under``: random, or with
     ``low_contrast_fraction`` close to ``under``; at least MIN_DISTANCE from ``under`` and NEIGHBOUR_DISTANCE from
-    the colours ``avoid`` of the shapes it covers where 20 draws find one."""
+    the colours ``avoid`` of the shapes it covers where 20 draws find one. ``free`` False: the random ones are the
+    easy mode's instead (a luminance MIN_CONTRAST from ``under``, MIN_CONTRAST in RGB from ``avoid``)."""
     low_contrast = rng.random() < low_contrast_fraction
+    if not low_contrast and not free:
+        return np.asarray(_contrasting_colour([under], [tuple(c) for c in avoid], rng), dtype=np.float64)
     for _ in range(20):
         if low_contrast:
             direction = rng.standard_normal(3)
@@ -577,6 +593,10 @@ def _shape_box(canvas: _HardCanvas, rng: np.random.Generator, fractions: dict[st
     if rng.random() < fractions["tiny"]:
         lo, hi = TINY_SIDES
         w = int(rng.integers(lo, hi + 1))
+    elif fractions["small_sizes"] == 0:  # the easy mode's sizes: uniform 10-50% of the (shorter) side
+        shorter = min(canvas.height, canvas.width)
+        lo, hi = max(NORMAL_MIN_SIDE, round(MIN_SIDE * shorter)), max(NORMAL_MIN_SIDE + 1, round(MAX_SIDE * shorter))
+        w = int(rng.integers(lo, hi + 1))
     else:
         lo, hi = NORMAL_MIN_SIDE, max(NORMAL_MIN_SIDE + 1, round(NORMAL_MAX_SIDE * min(canvas.height, canvas.width)))
         w = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
@@ -596,14 +616,14 @@ def _shape_box(canvas: _HardCanvas, rng: np.random.Generator, fractions: dict[st
 
 
 def _draw_crowd(canvas: _HardCanvas, rng: np.random.Generator, categories: list[dict],
-                low_contrast_fraction: float) -> None:
+                low_contrast_fraction: float, free_colours: bool = True) -> None:
     """A crowd region: 6-16 small shapes (3-7 px) of one category in similar colours, packed into a region of
     20-45% of the image's width and height; one ``iscrowd`` object covering all of them."""
     category = categories[int(rng.integers(len(categories)))]
     rw, rh = round(rng.uniform(0.2, 0.45) * canvas.width), round(rng.uniform(0.2, 0.45) * canvas.height)
     rx, ry = int(rng.integers(0, canvas.width - rw + 1)), int(rng.integers(0, canvas.height - rh + 1))
     region = (slice(ry, ry + rh), slice(rx, rx + rw))
-    base = _hard_colour(canvas.pixels[region].reshape(-1, 3).mean(0), [], rng, low_contrast_fraction)
+    base = _hard_colour(canvas.pixels[region].reshape(-1, 3).mean(0), [], rng, low_contrast_fraction, free_colours)
     index = canvas.add(category, base, 0, (rx, ry, rw, rh), iscrowd=1)
     for _ in range(int(rng.integers(6, 17))):
         w, h = int(rng.integers(3, 8)), int(rng.integers(3, 8))
@@ -636,10 +656,13 @@ def _make_hard_image(image_size: int, max_objects: int, rng: np.random.Generator
         width = height = image_size
     background = _plain_background if "textures" in without else _textured_background
     canvas = _HardCanvas(background(height, width, rng))
+    if "many_objects" in without:
+        max_objects = min(max_objects, EASY_MAX_OBJECTS)
+    free_colours = "free_colours" not in without
     if max_objects > 0 and rng.random() >= HARD_EMPTY_IMAGE_FRACTION:
         num_objects = int(rng.integers(1, max_objects + 1))
         if rng.random() < fractions["crowd"]:
-            _draw_crowd(canvas, rng, categories, fractions["low_contrast"])
+            _draw_crowd(canvas, rng, categories, fractions["low_contrast"], free_colours)
             num_objects -= 1
         for _ in range(num_objects):
             category = categories[int(rng.integers(len(categories)))]
@@ -653,7 +676,8 @@ def _make_hard_image(image_size: int, max_objects: int, rng: np.random.Generator
                 continue  # no room: leave this shape out
             region, clipped, covered = placed
             colour = _hard_colour(canvas.mean_under(region, clipped),
-                                  [canvas.objects[i]["colour"] for i in covered], rng, fractions["low_contrast"])
+                                  [canvas.objects[i]["colour"] for i in covered], rng, fractions["low_contrast"],
+                                  free_colours)
             index = canvas.add(category, colour, int(mask.sum()), (x0, y0, w, h), iscrowd=0)
             canvas.draw(region, clipped, colour, index)
     pixels = canvas.pixels + rng.standard_normal(canvas.pixels.shape, dtype=np.float32) * rng.uniform(0, 6)
