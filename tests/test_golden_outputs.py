@@ -18,10 +18,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+os.environ.setdefault("MKL_CBWR", "COMPATIBLE")  # as tests/conftest.py, for ``--write`` run as a script
 
-from tools.reference.common import pack, unpack
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tools.reference.common import pack, unpack  # noqa: E402
 
 GOLDEN_FILE = Path(__file__).parent / "golden" / "detr.pt"
 NUM_CLASSES = 6
