@@ -84,24 +84,25 @@ def training_speed(presets: list[str], rounds: int) -> dict[str, float]:
     return {p: statistics.median(v) for p, v in samples.items()}
 
 
+def data_set_suffix(options: argparse.Namespace) -> str:
+    """What names the data set: "" for the default easy set, "_hard" for the default hard one, then
+    ``_<parameter><value>`` for each data parameter that differs from its default."""
+    suffix = "" if options.difficulty == "easy" else f"_{options.difficulty}"
+    for key in ("data_seed", "num_train", "num_val", "image_size"):
+        if getattr(options, key) != DATA_DEFAULTS[key]:
+            suffix += f"_{key}{getattr(options, key)}"
+    return suffix
+
+
 def record_name(options: argparse.Namespace) -> str:
     """``--record``, or the name of the data set's record: ``convergence`` (easy), ``convergence_hard`` (hard), or
     with other parameters one built from those that differ from the defaults."""
-    if options.record:
-        return options.record
-    name = "convergence" if options.difficulty == "easy" else f"convergence_{options.difficulty}"
-    for key in ("data_seed", "num_train", "num_val", "image_size"):
-        if getattr(options, key) != DATA_DEFAULTS[key]:
-            name += f"_{key}{getattr(options, key)}"
-    return name
+    return options.record or "convergence" + data_set_suffix(options)
 
 
 def data_folder(options: argparse.Namespace) -> Path:
     """``--data``, or data/synthetic for the default easy set, else data/synthetic_<what differs from it>."""
-    if options.data:
-        return Path(options.data)
-    default_name = record_name(argparse.Namespace(**{**vars(options), "record": None}))
-    return Path("data/synthetic" + default_name[len("convergence"):])
+    return Path(options.data) if options.data else Path("data/synthetic" + data_set_suffix(options))
 
 
 def data_description(options: argparse.Namespace) -> str:

@@ -387,8 +387,7 @@ EASY_MAX_OBJECTS = 4  # the easy mode's default --max_objects, the cap without `
 def _hard_fractions(without: frozenset) -> dict[str, float]:
     """The hard mode's random fractions with the properties in ``without`` switched off (fraction 0)."""
     fractions = {"occlusion": OCCLUDING_FRACTION, "border": BORDER_FRACTION, "tiny": TINY_FRACTION,
-                 "crowd": CROWD_IMAGE_FRACTION, "greyscale": GRAYSCALE_FRACTION, "low_contrast": LOW_CONTRAST_FRACTION,
-                 "small_sizes": 1.0}  # the share of non-tiny shapes sized log-uniformly (the rest as the easy mode's)
+                 "crowd": CROWD_IMAGE_FRACTION, "greyscale": GRAYSCALE_FRACTION, "low_contrast": LOW_CONTRAST_FRACTION}
     return {name: 0.0 if name in without else value for name, value in fractions.items()}
 
 
@@ -576,13 +575,14 @@ class _HardCanvas:
         return len(self.objects) - 1
 
 
-def _shape_box(canvas: _HardCanvas, rng: np.random.Generator, fractions: dict[str, float]
+def _shape_box(canvas: _HardCanvas, rng: np.random.Generator, fractions: dict[str, float], easy_sizes: bool = False
                ) -> tuple[int, int, int, int]:
     """(x0, y0, w, h) pixels of a new shape. On top of an earlier shape (OCCLUDING_FRACTION, when there is one):
     its size 0.5-1.3 times that shape's, its centre within 40% of that shape's size of the other's. Else tiny
     (TINY_FRACTION, sides TINY_SIDES) or log-uniform in [NORMAL_MIN_SIDE, NORMAL_MAX_SIDE of the shorter image side]
     with aspect ratio 0.6-1.6, across the border (BORDER_FRACTION: 10-60% of its width or height beyond one edge)
-    or anywhere inside the image. ``fractions``: these fractions (``_hard_fractions``)."""
+    or anywhere inside the image. ``fractions``: these fractions (``_hard_fractions``). ``easy_sizes``: the
+    non-tiny sizes uniform over MIN_SIDE-MAX_SIDE of the shorter side, as the easy mode's."""
     singles = [obj["box"] for obj in canvas.objects if not obj["iscrowd"]]
     mode = rng.random()
     if singles and mode < fractions["occlusion"]:
@@ -593,7 +593,7 @@ def _shape_box(canvas: _HardCanvas, rng: np.random.Generator, fractions: dict[st
     if rng.random() < fractions["tiny"]:
         lo, hi = TINY_SIDES
         w = int(rng.integers(lo, hi + 1))
-    elif fractions["small_sizes"] == 0:  # the easy mode's sizes: uniform 10-50% of the (shorter) side
+    elif easy_sizes:
         shorter = min(canvas.height, canvas.width)
         lo, hi = max(NORMAL_MIN_SIDE, round(MIN_SIDE * shorter)), max(NORMAL_MIN_SIDE + 1, round(MAX_SIDE * shorter))
         w = int(rng.integers(lo, hi + 1))
@@ -667,7 +667,7 @@ def _make_hard_image(image_size: int, max_objects: int, rng: np.random.Generator
         for _ in range(num_objects):
             category = categories[int(rng.integers(len(categories)))]
             for _attempt in range(20):
-                x0, y0, w, h = _shape_box(canvas, rng, fractions)
+                x0, y0, w, h = _shape_box(canvas, rng, fractions, "small_sizes" in without)
                 mask = _hard_shape_mask(category["name"], w, h, rng)
                 placed = canvas.try_place(x0, y0, mask)
                 if placed is not None:
@@ -756,7 +756,7 @@ def generate(out_dir: str | Path, num_train: int = 1000, num_val: int = 200, ima
         raise ValueError("hard_without applies to difficulty 'hard' only")
     without = frozenset(hard_without)
     if max_objects is None:
-        max_objects = HARD_MAX_OBJECTS if difficulty == "hard" else 4
+        max_objects = HARD_MAX_OBJECTS if difficulty == "hard" else EASY_MAX_OBJECTS
     if min(num_train, num_val, max_objects) < 0:
         raise ValueError("num_train, num_val and max_objects must be >= 0")
     out_dir = Path(out_dir)
