@@ -34,6 +34,12 @@ PROGRESS_METERS = ("lr", "loss", "loss_ce", "loss_vfl", "loss_bbox", "loss_giou"
                    "class_error")
 
 
+def epoch_averages(metric_logger: MetricLogger) -> dict[str, float]:
+    """Each meter's average over the epoch, leaving out meters that were never updated (RT-DETRv2's criterion logs no
+    ``class_error``: 0 would read as a perfect classifier)."""
+    return {k: meter.global_avg for k, meter in metric_logger.meters.items() if meter.count}
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, max_norm: float = 0, print_freq: int = 10, *,
                     stop_check: Callable[[str], None] | None = None, skipped: SkippedImages | None = None,
@@ -93,8 +99,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         metric_logger.update(grad_norm=value)
     metric_logger.synchronize_between_processes()
     print("Averaged stats:", metric_logger, flush=True)
-    stats = {**{k: meter.global_avg for k, meter in metric_logger.meters.items()},
-             "epoch_time": time.perf_counter() - start}
+    stats = {**epoch_averages(metric_logger), "epoch_time": time.perf_counter() - start}
     if skipped is not None:
         stats["skipped_images"] = skipped.report(f"epoch {epoch}")
     return stats
@@ -200,7 +205,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocessors: dict, data_
             pq = panoptic_evaluator.summarize()
             print(format_pq_table(pq), flush=True)
             coco_stats.update(PQ_all=pq["All"], PQ_th=pq["Things"], PQ_st=pq["Stuff"])
-    stats = {k: meter.global_avg for k, meter in metric_logger.meters.items()}
+    stats = epoch_averages(metric_logger)
     stats.update(broadcast_object(coco_stats))
     if skipped is not None:
         stats["skipped_images"] = skipped.report("evaluation")

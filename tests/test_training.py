@@ -32,6 +32,25 @@ def test_loss_falls_when_fitting_a_few_images(tiny_coco, tiny_args):
     assert stats[-1] < 0.7 * stats[0], stats
 
 
+
+def test_epoch_stats_leave_out_a_meter_the_criterion_never_updates(tiny_coco, tiny_args):
+    """A criterion without a class error (as RT-DETRv2's) must not log a class error of 0 (a perfect classifier)."""
+    class NoClassError(SetCriterion):
+        def forward(self, outputs, targets):
+            return {k: v for k, v in super().forward(outputs, targets).items() if k != "class_error"}
+
+    torch.manual_seed(0)
+    args = tiny_args(tiny_coco)
+    args.num_classes = 12
+    model, criterion, _ = build_model(args)
+    batch = collate_fn([build_dataset("train", args)[i] for i in range(2)])
+    optimizer = torch.optim.AdamW(build_param_groups(model, args.lr_backbone), lr=args.lr)
+    with_error = train_one_epoch(model, criterion, [batch], optimizer, torch.device("cpu"), epoch=0, print_freq=1000)
+    criterion.__class__ = NoClassError
+    without = train_one_epoch(model, criterion, [batch], optimizer, torch.device("cpu"), epoch=1, print_freq=1000)
+    assert 0 <= with_error["class_error"] <= 100
+    assert "class_error" not in without and "loss_ce" in without
+
 def test_training_writes_logs_and_checkpoint_and_eval_reproduces(tiny_coco, tiny_args, tmp_path):
     out = tmp_path / "run"
     stats = run(tiny_args(tiny_coco, "--epochs", "2", "--output_dir", str(out)))
