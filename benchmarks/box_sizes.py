@@ -61,8 +61,8 @@ def summary(preset: str, data: str, images: int, augmented: bool, seed: int) -> 
 def table(rows: list[dict]) -> str:
     lines = [BEGIN, "", "Shorter side of the ground-truth boxes at the network's input after each preset's training "
              "transforms (`python -m benchmarks.box_sizes --preset PRESET --data DATA`), first training images, "
-             "with the pipeline's augmentation on and off (RT-DETR's: photometric distortion, zoom-out, IoU crop; DETR's: "
-             "random resize and crop; both keep the flip); multi-scale batch resizing not included.", "",
+             "with the pipeline's augmentation on and off (RT-DETR's: photometric distortion, zoom-out, IoU crop; "
+             "DETR's: random resize and crop; both keep the flip); multi-scale batch resizing not included.", "",
              "| preset | data | images | augmentation | boxes | median shorter side (px) | under 4 px | under 8 px |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| `{Path(r['preset']).stem}` | `{r['data']}` | {r['images']} | {r['augmentation']} | {r['boxes']} | "
