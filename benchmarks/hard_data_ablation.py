@@ -46,6 +46,8 @@ VARIANTS = {
                     "8 epochs, RT-DETR's augmentation and multi-scale batches in the first 7 (the demo's policy)"),
     "no_aug_2000it": ((), ["--epochs", "8", "--stop_epoch", "0"],
                       "8 epochs without RT-DETR's augmentation or multi-scale batches"),
+    "no_aug_1000it": ((), ["--stop_epoch", "0"],
+                      "the preset's 1,000 iterations without RT-DETR's augmentation or multi-scale batches; a probe"),
     "layer4_500it": ((), ["--feature_layer", "layer4", "--num_feature_levels", "4", "--backbone_trainable_layers", "5",
                           "--epochs", "2"],
                      "ResNet-18's fourth stage and a fourth feature level; a 500-iteration probe"),

@@ -32,7 +32,6 @@ def test_loss_falls_when_fitting_a_few_images(tiny_coco, tiny_args):
     assert stats[-1] < 0.7 * stats[0], stats
 
 
-
 def test_epoch_stats_leave_out_a_meter_the_criterion_never_updates(tiny_coco, tiny_args):
     """A criterion without a class error (as RT-DETRv2's) must not log a class error of 0 (a perfect classifier)."""
     class NoClassError(SetCriterion):
