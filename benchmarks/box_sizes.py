@@ -20,10 +20,9 @@ from pathlib import Path
 
 import torch
 
-import cli
+from benchmarks.convergence import preset_args
 from benchmarks.results_section import write_section
 from datasets import build_dataset
-from util.config import parse_args_with_config
 
 RECORD = Path(__file__).with_name("box_sizes.json")
 BEGIN, END = "<!-- box-sizes:begin -->", "<!-- box-sizes:end -->"
@@ -31,8 +30,7 @@ BEGIN, END = "<!-- box-sizes:begin -->", "<!-- box-sizes:end -->"
 
 def shorter_sides(preset: str, data: str, images: int, augmented: bool, seed: int) -> list[float]:
     """Shorter side in pixels of each box of the first ``images`` training images after the preset's transforms."""
-    parser = argparse.ArgumentParser(parents=[cli.get_args_parser()])
-    args = parse_args_with_config(parser, ["--config", preset, "--coco_path", data])
+    args = preset_args(preset, ["--coco_path", data])
     if args.data_pipeline == "rtdetr":
         args.stop_epoch = 10 ** 6 if augmented else 0
     else:

@@ -50,6 +50,7 @@ def test_epoch_stats_leave_out_a_meter_the_criterion_never_updates(tiny_coco, ti
     assert 0 <= with_error["class_error"] <= 100
     assert "class_error" not in without and "loss_ce" in without
 
+
 def test_training_writes_logs_and_checkpoint_and_eval_reproduces(tiny_coco, tiny_args, tmp_path):
     out = tmp_path / "run"
     stats = run(tiny_args(tiny_coco, "--epochs", "2", "--output_dir", str(out)))
