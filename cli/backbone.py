@@ -17,15 +17,16 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        help="frozen BatchNorm (DETR) or trainable BatchNorm (for a backbone trained from scratch)")
     group.add_argument("--backbone_trainable_layers", default=3, type=int, choices=range(6),
                        help="how many ResNet stages, counted from layer4 down to the stem, are trained")
-    group.add_argument("--feature_layer", default="layer4", choices=("layer3", "layer4"),
-                       help="last backbone stage: layer4 (stride 32, DETR) or layer3 (stride 16, layer4 not computed)")
+    group.add_argument("--feature_layer", default="layer4", choices=("layer2", "layer3", "layer4"),
+                       help="last backbone stage: layer4 (stride 32, DETR), layer3 (stride 16) or layer2 (stride 8); "
+                            "the stages after it are not computed")
 
 
 def check(args: argparse.Namespace) -> None:
     if args.backbone not in RESNETS:
         raise ValueError(f"--backbone must be one of {RESNETS}, got {args.backbone!r}")
     if args.dilation and args.feature_layer != "layer4":
-        raise ValueError("--dilation dilates layer4, which --feature_layer layer3 does not compute")
+        raise ValueError(f"--dilation dilates layer4, which --feature_layer {args.feature_layer} does not compute")
     if args.dilation and args.backbone in ("resnet18", "resnet34"):
         raise ValueError(f"--dilation needs a bottleneck ResNet (resnet50/101); {args.backbone} has basic blocks")
     stages = 1 + int(args.feature_layer[-1])  # the stem and layer1..feature_layer

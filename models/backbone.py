@@ -35,8 +35,9 @@ class BackboneBase(nn.Module):
     ``trainable_layers`` counts stages from ``last_layer`` down to the stem; ``True``/``False`` mean what the
     official DETR's ``train_backbone`` means (layer2 and up trained, or nothing).
 
-    ``last_layer`` is the last stage computed: ``layer4`` (stride 32, DETR) or ``layer3`` (stride 16: four times as
-    many tokens for small images, and the last stage is not computed). The returned stages are ``return_layers``
+    ``last_layer`` is the last stage computed: ``layer4`` (stride 32, DETR), ``layer3`` (stride 16: four times as
+    many tokens for small images) or ``layer2`` (stride 8: sixteen times); the stages after it are not computed. The
+    returned stages are ``return_layers``
     (input side first); without it, ``last_layer`` alone, or layer1..``last_layer`` with ``return_interm_layers``
     (the mask head's FPN). ``num_channels`` is the channel count of ``last_layer``; ``feature_channels`` and
     ``strides`` (pixels per feature cell; ``dilation`` says layer4 is dilated) describe each returned map.
@@ -52,8 +53,8 @@ class BackboneBase(nn.Module):
                  return_interm_layers: bool, last_layer: str = "layer4", attention: AttentionPlan | None = None,
                  return_layers: tuple[str, ...] | None = None, dilation: bool = False):
         super().__init__()
-        if last_layer not in ("layer3", "layer4"):
-            raise ValueError(f"last_layer must be layer3 or layer4, got {last_layer!r}")
+        if last_layer not in ("layer2", "layer3", "layer4"):
+            raise ValueError(f"last_layer must be layer2, layer3 or layer4, got {last_layer!r}")
         stages = _stages(backbone, last_layer)
         if isinstance(trainable_layers, bool):
             trainable_layers = len(stages) - 2 if trainable_layers else 0
@@ -127,7 +128,7 @@ class Backbone(BackboneBase):
         weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1 if pretrained else None
         backbone = getattr(torchvision.models, name)(
             weights=weights, replace_stride_with_dilation=[False, False, dilation], norm_layer=NORM_LAYERS[norm])
-        num_channels = backbone.fc.in_features if last_layer == "layer4" else backbone.fc.in_features // 2
+        num_channels = backbone.fc.in_features // 2 ** (4 - int(last_layer[-1]))  # each stage doubles the width
         super().__init__(backbone, trainable_layers, num_channels, return_interm_layers, last_layer, attention,
                          return_layers, dilation)
 

@@ -259,8 +259,42 @@ def test_layer3_features_count_trainable_stages_from_layer3():
         Backbone("resnet50", trainable_layers=3, return_interm_layers=False, dilation=True, last_layer="layer3")
 
 
+def test_layer2_features_have_stride_8_and_stop_the_network_after_layer2():
+    from models.backbone import Backbone
+
+    backbone = Backbone("resnet18", trainable_layers=2, return_interm_layers=False, dilation=False, norm="bn",
+                        last_layer="layer2")
+    assert backbone.num_channels == 128 and backbone.strides == [8]
+    assert set(dict(backbone.body.named_children())) == {"conv1", "bn1", "relu", "maxpool", "layer1", "layer2"}
+    assert all(p.requires_grad for p in backbone.body.layer1.parameters())
+    assert not any(p.requires_grad for p in backbone.body.conv1.parameters())
+    features = backbone(nested_tensor_from_tensor_list([torch.rand(3, 64, 96), torch.rand(3, 40, 72)]))["0"]
+    assert features.tensors.shape == (2, 128, 8, 12)
+    assert features.mask[1].sum() == 8 * 12 - 5 * 9  # the smaller image's padding, at 1/8 of its pixels
+    resnet50 = Backbone("resnet50", trainable_layers=0, return_interm_layers=False, dilation=False,
+                        last_layer="layer2")
+    assert resnet50.num_channels == 512  # layer2 of a bottleneck ResNet: 4 x 128 channels
+
+
+def test_detr_on_layer2_features_reads_a_token_per_8_pixels_and_trains_layer2(tiny_args):
+    torch.manual_seed(0)
+    model, criterion, _ = build(tiny_args("unused", "--num_classes", str(NUM_CLASSES), "--feature_layer", "layer2",
+                                          "--backbone_trainable_layers", "3"))
+    images = [torch.randn(3, 64, 48), torch.randn(3, 40, 96)]
+    features, _ = model.backbone(nested_tensor_from_tensor_list(images))
+    assert features[-1].tensors.shape[-2:] == (8, 12)  # the batch pads to 64 x 96
+    outputs = model(images)
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3]])},
+               {"labels": torch.tensor([2, 3]), "boxes": torch.tensor([[0.3, 0.4, 0.2, 0.2], [0.7, 0.6, 0.3, 0.5]])}]
+    losses = criterion(outputs, targets)
+    sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict).backward()
+    assert model.backbone[0].body.layer2[0].conv1.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("flags, named", [
     (["--backbone_trainable_layers", "5", "--feature_layer", "layer3"], "--backbone_trainable_layers"),
+    (["--backbone_trainable_layers", "4", "--feature_layer", "layer2"], "--backbone_trainable_layers"),
+    (["--masks", "--feature_layer", "layer2"], "--feature_layer"),
     (["--dilation", "--feature_layer", "layer3"], "--dilation"),
     (["--dilation", "--backbone", "resnet18"], "--dilation"),
     (["--backbone", "resnet152"], "--backbone"),

@@ -46,6 +46,9 @@ def check_flags(args: argparse.Namespace) -> None:
         raise ValueError("--frozen_weights is only for training the segmentation head: add --masks")
     if args.masks:
         levels = int(args.feature_layer[-1]) - 1  # FPN inputs: the stages below the last one
+        if levels < 2:
+            raise ValueError(f"--masks: the mask head upsamples through two or three backbone stages below the last "
+                             f"one; --feature_layer {args.feature_layer} leaves {levels}: use layer3 or layer4")
         widths = mask_head_widths(args.hidden_dim + args.nheads, args.hidden_dim, levels)
         if any(c % GROUP_NORM_GROUPS for c in widths):
             raise ValueError(f"--masks: the mask head's GroupNorm needs widths divisible by {GROUP_NORM_GROUPS}: "
