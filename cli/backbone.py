@@ -16,7 +16,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backbone_norm", default="frozen_bn", choices=("frozen_bn", "bn"),
                        help="frozen BatchNorm (DETR) or trainable BatchNorm (for a backbone trained from scratch)")
     group.add_argument("--backbone_trainable_layers", default=3, type=int, choices=range(6),
-                       help="how many ResNet stages, counted from layer4 down to the stem, are trained")
+                       help="how many ResNet stages, counted from --feature_layer down to the stem, are trained")
     group.add_argument("--feature_layer", default="layer4", choices=("layer2", "layer3", "layer4"),
                        help="last backbone stage: layer4 (stride 32, DETR), layer3 (stride 16) or layer2 (stride 8); "
                             "the stages after it are not computed")

@@ -37,10 +37,10 @@ class BackboneBase(nn.Module):
 
     ``last_layer`` is the last stage computed: ``layer4`` (stride 32, DETR), ``layer3`` (stride 16: four times as
     many tokens for small images) or ``layer2`` (stride 8: sixteen times); the stages after it are not computed. The
-    returned stages are ``return_layers``
-    (input side first); without it, ``last_layer`` alone, or layer1..``last_layer`` with ``return_interm_layers``
-    (the mask head's FPN). ``num_channels`` is the channel count of ``last_layer``; ``feature_channels`` and
-    ``strides`` (pixels per feature cell; ``dilation`` says layer4 is dilated) describe each returned map.
+    returned stages are ``return_layers`` (input side first); without it, ``last_layer`` alone, or
+    layer1..``last_layer`` with ``return_interm_layers`` (the mask head's FPN). ``num_channels`` is the channel count
+    of ``last_layer``; ``feature_channels`` and ``strides`` (pixels per feature cell; ``dilation`` says layer4 is
+    dilated) describe each returned map.
 
     ``attention`` places backbone attention blocks (see models/backbone_attention.py); they are trainable even
     inside frozen stages, and identities at initialisation.
