@@ -52,11 +52,11 @@ VARIANTS = {
                           "--epochs", "2"],
                      "ResNet-18's fourth stage and a fourth feature level; a 500-iteration probe"),
     "lr1e-4_500it": ((), ["--lr", "1e-4", "--lr_backbone", "1e-4", "--epochs", "2"],
-                     "lr and lr_backbone 1e-4 (DETR's); a 500-iteration probe"),
+                     "lr and lr_backbone 1e-4 (half the preset's); a 500-iteration probe"),
     "width256_500it": ((), ["--hidden_dim", "256", "--dim_feedforward", "1024", "--epochs", "2"],
                        "transformer width 256 (DETR's), feed-forward 1024; a 500-iteration probe"),
     "layer2_1000it": ((), ["--feature_layer", "layer2", "--backbone_trainable_layers", "3", "--epochs", "4"],
-                      "stride-8 tokens (ResNet-18 up to layer2): 4x the tokens; a 1,000-iteration probe"),
+                      "stride-8 tokens (the ResNet up to layer2): 4x the tokens; a 1,000-iteration probe"),
 }
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import cli
-from benchmarks.image_dependence import box_spreads
+from benchmarks.image_dependence import box_spreads, main
 from models import build_model
 from util.config import dump_config
 
@@ -24,8 +24,8 @@ def _run_folder(folder, args, blind: bool):
 
 def test_blind_model_has_no_spread_over_images_and_a_seeing_one_has(tiny_args, tiny_coco, tmp_path):
     args = tiny_args(tiny_coco, "--num_queries", "8")  # tiny_coco's val images are all 64 x 64: no padding
-    blind = box_spreads(_run_folder(tmp_path / "blind", args, blind=True), images=6)
-    seeing = box_spreads(_run_folder(tmp_path / "seeing", args, blind=False), images=6)
+    blind = box_spreads(_run_folder(tmp_path / "blind", args, blind=True), num_images=6)
+    seeing = box_spreads(_run_folder(tmp_path / "seeing", args, blind=False), num_images=6)
     assert blind[0] < 1e-6 and seeing[0] > 1e-4
 
 
@@ -44,6 +44,14 @@ def test_spreads_are_sample_deviations_over_images_and_over_the_inference_querie
     monkeypatch.setattr(image_dependence, "build_model", lambda args: (Anchors(), None, None))
     monkeypatch.setattr(torch.nn.Module, "load_state_dict", lambda self, state: None)
     folder = _run_folder(tmp_path / "anchors", tiny_args(tiny_coco, "--num_queries", "8"), blind=False)
-    over_images, over_queries = box_spreads(folder, images=5)
+    over_images, over_queries = box_spreads(folder, num_images=5)
     assert over_images == pytest.approx(statistics.stdev([0.01 * n for n in range(5)]))
     assert over_queries == pytest.approx(statistics.stdev([0.1 * q for q in range(8)]))
+
+
+def test_too_few_images_and_folders_without_a_run_are_one_line_errors(tmp_path, capsys):
+    for argv, named in ((["--runs", str(tmp_path), "--images", "1"], "--images"),
+                        (["--runs", str(tmp_path)], "config.yaml or checkpoint.pth")):
+        with pytest.raises(SystemExit):
+            main([*argv, "--no_write"])
+        assert named in capsys.readouterr().err
