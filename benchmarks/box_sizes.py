@@ -13,7 +13,6 @@ them in benchmarks/box_sizes.json (one entry per preset, data folder and setting
 the table of all of them between the box-sizes markers of benchmarks/RESULTS.md.
 """
 import argparse
-import json
 import random
 import statistics
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.convergence import preset_args
-from benchmarks.results_section import write_section
+from benchmarks.results_section import update_record
 from datasets import build_dataset
 
 RECORD = Path(__file__).with_name("box_sizes.json")
@@ -78,14 +77,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     options = parser.parse_args(argv)
     fresh = [summary(options.preset, options.data, options.images, augmented, options.seed)
              for augmented in (True, False)]
-    recorded = json.loads(RECORD.read_text()) if RECORD.is_file() else []
-    rows = [r for r in recorded if (r["preset"], r["data"]) != (options.preset, options.data)] + fresh
-    text = table(rows)
-    print(text)
-    if not options.no_write:
-        RECORD.write_text(json.dumps(rows, indent=1))
-        write_section(text, BEGIN, END, "Box sizes at the network's input")
-    return rows
+    return update_record(RECORD, fresh, lambda row: (row["preset"], row["data"]), table, BEGIN, END,
+                         "Box sizes at the network's input", write=not options.no_write)
 
 
 if __name__ == "__main__":

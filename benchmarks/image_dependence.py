@@ -13,13 +13,12 @@ benchmarks/image_dependence.json (one entry per run folder; a rerun replaces its
 goes between the image-dependence markers of benchmarks/RESULTS.md.
 """
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from benchmarks.convergence import preset_args
-from benchmarks.results_section import write_section
+from benchmarks.results_section import update_record
 from datasets import build_dataset
 from models import build_model
 from util.nested_tensor import nested_tensor_from_tensor_list
@@ -73,14 +72,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.manual_seed(0)
         over_images, over_queries = box_spreads(Path(run), options.images)
         fresh.append({"run": run, "images": options.images, "over_images": over_images, "over_queries": over_queries})
-    recorded = json.loads(RECORD.read_text()) if RECORD.is_file() else []
-    rows = [r for r in recorded if r["run"] not in options.runs] + fresh
-    text = table(rows)
-    print(text)
-    if not options.no_write:
-        RECORD.write_text(json.dumps(rows, indent=1))
-        write_section(text, BEGIN, END, "Does the detector read the image")
-    return rows
+    return update_record(RECORD, fresh, lambda row: row["run"], table, BEGIN, END, "Does the detector read the image",
+                         write=not options.no_write)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
 """One marked section of benchmarks/RESULTS.md, rewritten in place by the benchmark that owns it."""
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -13,3 +15,19 @@ def write_section(block: str, begin: str, end: str, heading: str, results: Path 
     else:
         text = text.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
     results.write_text(text)
+
+
+def update_record(record: Path, fresh: list[dict], key: Callable[[dict], object], render: Callable[[list[dict]], str],
+                  begin: str, end: str, heading: str, write: bool = True, results: Path = RESULTS) -> list[dict]:
+    """The rows of the JSON list at ``record`` with ``fresh`` in place of the recorded rows of the same ``key``;
+    prints ``render(rows)`` and, with ``write``, saves the rows and puts the table between ``begin`` and ``end``."""
+    recorded = json.loads(record.read_text()) if record.is_file() else []
+    replaced = {key(row) for row in fresh}
+    rows = [row for row in recorded if key(row) not in replaced] + fresh
+    text = render(rows)
+    print(text)
+    if write:
+        record.write_text(json.dumps(rows, indent=1))
+        write_section(text, begin, end, heading, results)
+    return rows
+
