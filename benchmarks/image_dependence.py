@@ -37,9 +37,10 @@ def box_spreads(run: Path, num_images: int) -> tuple[float, float]:
     model.load_state_dict(checkpoint["model"])
     model.eval()
     dataset = build_dataset("val", args)
-    if min(num_images, len(dataset)) < 2:
+    count = min(num_images, len(dataset))
+    if count < 2:
         raise ValueError(f"a spread over images needs at least 2; {run}'s data has {len(dataset)} val images")
-    batch = [dataset[i][0] for i in range(min(num_images, len(dataset)))]
+    batch = [dataset[i][0] for i in range(count)]
     with torch.no_grad():
         boxes = model(nested_tensor_from_tensor_list(batch))["pred_boxes"][:, :args.num_queries]
     return boxes.std(0).mean().item(), boxes.std(1).mean().item()

@@ -30,4 +30,3 @@ def update_record(record: Path, fresh: list[dict], key: Callable[[dict], object]
         record.write_text(json.dumps(rows, indent=1))
         write_section(text, begin, end, heading, results)
     return rows
-
