@@ -1,7 +1,10 @@
 """benchmarks/convergence.py: each synthetic data set keeps its own record and data folder, and the summary's
 means, spreads and iteration counts are the logs' (hand-computed)."""
 import argparse
+import json
 import math
+
+import pytest
 
 from benchmarks import convergence
 
@@ -64,3 +67,39 @@ def test_hard_data_ablation_table_means_by_iteration_and_seeds():
             "| - |") in text
     assert set(ablation.VARIANTS["without_all"][0]) == set(ablation.HARD_SCENE_PROPERTIES)
     assert set(ablation.VARIANTS["like_easy"][0]) == set(ablation.HARD_PROPERTIES)
+
+
+def test_hard_data_ablation_saves_each_run_and_keeps_other_rows(tmp_path, monkeypatch):
+    from benchmarks import hard_data_ablation as ablation
+    record, results = tmp_path / "record.json", tmp_path / "RESULTS.md"
+    old = {"preset": "configs/q.yaml", "variant": "hard", "seed": 42, "iters_per_epoch": 250, "ap": [0.9],
+           "ap50": [0.95], "class_error": [10.0]}
+    record.write_text(json.dumps([old]))
+    results.write_text("# Benchmark results\n\nkept\n")
+    calls = []
+
+    def fake_result(preset, variant, seed, out):
+        calls.append((variant, seed))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the second run is interrupted
+        return {"preset": preset, "variant": variant, "seed": seed, "iters_per_epoch": 250, "ap": [0.1 * seed / 42],
+                "ap50": [0.2], "class_error": [None]}
+
+    monkeypatch.setattr(ablation, "result", fake_result)
+    argv = ["--preset", "configs/p.yaml", "--variants", "2000it", "hard", "--seeds", "43"]
+    with pytest.raises(KeyboardInterrupt):
+        ablation.main(argv, record, results)
+    saved = json.loads(record.read_text())
+    assert [(r["preset"], r["variant"], r["seed"]) for r in saved] == [("configs/q.yaml", "hard", 42),
+                                                                         ("configs/p.yaml", "2000it", 43)]
+    assert "kept" in results.read_text() and "| `p` | `2000it` |" in results.read_text()
+    calls.clear()
+    monkeypatch.setattr(ablation, "result", lambda preset, variant, seed, out: {
+        "preset": preset, "variant": variant, "seed": seed, "iters_per_epoch": 250, "ap": [0.5], "ap50": [0.6],
+        "class_error": [50.0]})
+    rows = ablation.main(argv, record, results)
+    assert len(rows) == 3 and [r["ap"] for r in rows if r["preset"] == "configs/p.yaml"] == [[0.5], [0.5]]
+    text = results.read_text()
+    # the table lists variants in the order of VARIANTS ("hard" before "2000it"), whatever order they ran in
+    assert text.index("| `p` | `hard` |") < text.index("| `p` | `2000it` |") < text.index("| `q` | `hard` |")
+    assert text.count(ablation.BEGIN) == 1 and "kept" in text
