@@ -93,7 +93,6 @@ def test_hard_data_ablation_saves_each_run_and_keeps_other_rows(tmp_path, monkey
     assert [(r["preset"], r["variant"], r["seed"]) for r in saved] == [("configs/q.yaml", "hard", 42),
                                                                          ("configs/p.yaml", "2000it", 43)]
     assert "kept" in results.read_text() and "| `p` | `2000it` |" in results.read_text()
-    calls.clear()
     monkeypatch.setattr(ablation, "result", lambda preset, variant, seed, out: {
         "preset": preset, "variant": variant, "seed": seed, "iters_per_epoch": 250, "ap": [0.5], "ap50": [0.6],
         "class_error": [50.0]})
