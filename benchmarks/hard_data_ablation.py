@@ -58,6 +58,8 @@ VARIANTS = {
                       "stride-8 tokens (the ResNet up to layer2): 4x the tokens; a 1,000-iteration probe"),
     "8000it": ((), ["--epochs", "32", "--lr_drop", "24"],
                "32 epochs (8,000 iterations, four times the budget), lr drop after 24"),
+    "pre_norm_gn_2000it": ((), ["--pre_norm", "--backbone_norm", "gn", *LONGER],
+                           "DETR's from-scratch changes (pre-norm transformer, GroupNorm backbone), 2,000 iterations"),
 }
 
 

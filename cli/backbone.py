@@ -1,7 +1,7 @@
 """Flags of the convolutional backbone and its positional encoding."""
 import argparse
 
-from models.backbone import RESNETS
+from models.backbone import RESNETS, wants_imagenet_weights
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -13,8 +13,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                        help="type of positional embedding to use on top of the image features")
     group.add_argument("--no_pretrained_backbone", dest="pretrained_backbone", action="store_false",
                        help="start the backbone from random weights instead of torchvision's ImageNet weights")
-    group.add_argument("--backbone_norm", default="frozen_bn", choices=("frozen_bn", "bn"),
-                       help="frozen BatchNorm (DETR) or trainable BatchNorm (for a backbone trained from scratch)")
+    group.add_argument("--backbone_norm", default="frozen_bn", choices=("frozen_bn", "bn", "gn"),
+                       help="frozen BatchNorm (DETR), trainable BatchNorm or GroupNorm with 32 groups (the last two "
+                            "for a backbone trained from scratch)")
     group.add_argument("--backbone_trainable_layers", default=3, type=int, choices=range(6),
                        help="how many ResNet stages, counted from --feature_layer down to the stem, are trained")
     group.add_argument("--feature_layer", default="layer4", choices=("layer2", "layer3", "layer4"),
@@ -29,6 +30,9 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError(f"--dilation dilates layer4, which --feature_layer {args.feature_layer} does not compute")
     if args.dilation and args.backbone in ("resnet18", "resnet34"):
         raise ValueError(f"--dilation needs a bottleneck ResNet (resnet50/101); {args.backbone} has basic blocks")
+    if args.backbone_norm == "gn" and wants_imagenet_weights(args):
+        raise ValueError("--backbone_norm gn has no ImageNet weights (torchvision's ResNets are trained with "
+                         "BatchNorm): add --no_pretrained_backbone")
     stages = 1 + int(args.feature_layer[-1])  # the stem and layer1..feature_layer
     if args.backbone_trainable_layers > stages:
         raise ValueError(f"--backbone_trainable_layers must be in 0..{stages} with --feature_layer "

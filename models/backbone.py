@@ -1,4 +1,5 @@
-"""ResNet backbone with frozen BatchNorm, optional DC5 dilation, joined with a positional encoding.
+"""ResNet backbone with frozen BatchNorm (or trainable BatchNorm or GroupNorm), optional DC5 dilation, joined with a
+positional encoding.
 
 Parameter names follow the official DETR (``backbone.0.body.layer1.0.conv1.weight`` ...), so its checkpoints load.
 """
@@ -17,7 +18,15 @@ from models.position_encoding import build_position_encoding
 from util.nested_tensor import NestedTensor
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
-NORM_LAYERS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
+GROUP_NORM_GROUPS = 32  # as Detectron2's GroupNorm ResNets (Wu & He, 2018); every ResNet width is a multiple of it
+
+
+def group_norm(num_channels: int) -> nn.GroupNorm:
+    """GroupNorm over 32 groups of channels: statistics of each image alone, so they hold at any batch size."""
+    return nn.GroupNorm(GROUP_NORM_GROUPS, num_channels)
+
+
+NORM_LAYERS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d, "gn": group_norm}
 STAGE_STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 
 __all__ = ["Backbone", "BackboneBase", "FrozenBatchNorm2d", "Joiner", "build_backbone"]
@@ -110,7 +119,8 @@ class Backbone(BackboneBase):
 
     ``pretrained`` loads torchvision's ImageNet weights (IMAGENET1K_V1, as the official DETR), through torchvision's
     weights API and download cache; nothing is downloaded otherwise. ``dilation`` replaces the last stage's stride
-    by dilation (DC5). ``norm`` is ``"frozen_bn"`` (DETR's) or ``"bn"`` (trainable, for training from scratch).
+    by dilation (DC5). ``norm`` is ``"frozen_bn"`` (DETR's), ``"bn"`` (trainable, for training from scratch) or ``"gn"``
+    (GroupNorm, from scratch only: torchvision's ImageNet weights are BatchNorm's).
     """
 
     def __init__(self, name: str, trainable_layers: int | bool, return_interm_layers: bool, dilation: bool,
@@ -120,6 +130,9 @@ class Backbone(BackboneBase):
             raise ValueError(f"unknown ResNet {name!r}; choose from {RESNETS}")
         if norm not in NORM_LAYERS:
             raise ValueError(f"norm must be one of {tuple(NORM_LAYERS)}, got {norm!r}")
+        if norm == "gn" and pretrained:
+            raise ValueError("GroupNorm has no ImageNet weights (torchvision's ResNets are trained with BatchNorm): "
+                             "train it from random weights")
         if dilation and (last_layer != "layer4" or name in ("resnet18", "resnet34")):
             raise ValueError(f"dilation needs layer4 of a bottleneck ResNet (resnet50/101), got {name} up to "
                              f"{last_layer}")

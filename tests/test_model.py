@@ -244,6 +244,37 @@ def test_frozen_stages_keep_batchnorm_statistics_in_training():
     assert not torch.equal(body.layer2[0].bn1.running_mean, torch.zeros_like(body.layer2[0].bn1.running_mean))
 
 
+def test_groupnorm_backbone_normalises_each_image_alone():
+    from models.backbone import Backbone
+
+    torch.manual_seed(0)
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64) * 3]
+    outputs = {}
+    for norm in ("gn", "bn"):
+        backbone = Backbone("resnet18", trainable_layers=4, return_interm_layers=False, dilation=False, norm=norm,
+                            last_layer="layer3").train()
+        together = backbone(nested_tensor_from_tensor_list(images))["0"].tensors[0]
+        alone = backbone(nested_tensor_from_tensor_list(images[:1]))["0"].tensors[0]
+        outputs[norm] = (backbone, together, alone)
+    groupnorm_backbone, together, alone = outputs["gn"]
+    norms = [m for m in groupnorm_backbone.modules() if isinstance(m, (nn.GroupNorm, nn.BatchNorm2d))]
+    assert len(norms) == 15 and all(isinstance(m, nn.GroupNorm) and m.num_groups == 32 for m in norms)
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)  # the batch partner changes nothing
+    _, together, alone = outputs["bn"]  # trainable BatchNorm's batch statistics do depend on it
+    assert (together - alone).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="GroupNorm has no ImageNet weights"):
+        Backbone("resnet18", trainable_layers=3, return_interm_layers=False, dilation=False, pretrained=True,
+                 norm="gn")
+
+
+def test_groupnorm_flag_needs_a_backbone_trained_from_scratch(tiny_args):
+    with pytest.raises(ValueError, match="--backbone_norm gn .* add --no_pretrained_backbone"):
+        cli.check_args(cli.get_args_parser().parse_args(["--backbone_norm", "gn"]))
+    cli.check_args(tiny_args("unused", "--backbone_norm", "gn"))  # TINY_FLAGS train from random weights
+    evaluation = cli.get_args_parser().parse_args(["--backbone_norm", "gn", "--eval", "--resume", "model.pth"])
+    cli.check_args(evaluation)  # loads its weights: the ImageNet ones are never read
+
+
 def test_layer3_features_count_trainable_stages_from_layer3():
     from models.backbone import Backbone
 
